@@ -1,0 +1,152 @@
+"""Config names, files and command-line overrides for ``tune run adept_cpt``.
+
+torchtune's ``tune run`` resolves ``--config NAME`` only for its own recipes; for ours the
+value arrives verbatim, so a bare name is resolved here to a YAML shipped in the package.
+torchtune's parser also accepts unknown override keys silently and crashes on ``a=b=c``;
+a typo in a 10-hour run should fail in a second instead, so overrides are checked here.
+This is the one module of ``adept_components`` that knows about OmegaConf.
+"""
+
+from __future__ import annotations
+
+import difflib
+from importlib import resources
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+CONFIG_PACKAGE = "adept_components.recipe_configs"
+_MISSING = object()
+
+
+class ConfigError(ValueError):
+    """A config or command line the recipe cannot run; the message says what to change."""
+
+
+def config_dir() -> Path:
+    """Directory holding the YAML configs shipped with the installed package."""
+    return Path(str(resources.files(CONFIG_PACKAGE)))
+
+
+def available_configs() -> list[str]:
+    """Names of the shipped configs (file names without ``.yaml``), sorted."""
+    return sorted(p.stem for p in config_dir().glob("*.yaml"))
+
+
+def config_description(name: str) -> str:
+    """First comment line of a shipped config: what it does."""
+    for line in resolve_config(name).read_text().splitlines():
+        if line.startswith("#") and line.strip("# "):
+            return line.lstrip("# ").strip()
+    return ""
+
+
+def resolve_config(name_or_path: str) -> Path:
+    """Turn ``--config`` into a YAML file: an existing path, else a shipped config name.
+
+    Args:
+        name_or_path (str): ``qwen3_8b_medical`` or ``./my_run.yaml``.
+
+    Returns:
+        Path: the YAML file.
+
+    Raises:
+        ConfigError: neither a file nor a shipped name; the message lists the names.
+    """
+    path = Path(name_or_path).expanduser()
+    if path.is_file():
+        return path
+    shipped = config_dir() / f"{name_or_path}.yaml"
+    if shipped.is_file():
+        return shipped
+    raise ConfigError(
+        f"--config {name_or_path!r} is neither a file nor a shipped config. "
+        f"Shipped configs: {', '.join(available_configs())} (see `adept-cpt ls`)"
+    )
+
+
+def apply_overrides(cfg: DictConfig, overrides: list[str]) -> DictConfig:
+    """Apply ``key=value`` overrides, refusing keys the config does not have.
+
+    ``+key=value`` adds a key that is not in the YAML; ``~key`` deletes one.
+
+    Args:
+        cfg (DictConfig): the loaded YAML.
+        overrides (list[str]): command-line items after ``--config X``.
+
+    Returns:
+        DictConfig: the merged config.
+
+    Raises:
+        ConfigError: a malformed item or an unknown key (with close matches).
+    """
+    for item in overrides:
+        if item.startswith("~"):
+            key = item[1:]
+            _require_key(cfg, key, item)
+            parent, _, leaf = key.rpartition(".")
+            node = OmegaConf.select(cfg, parent) if parent else cfg
+            del node[leaf]
+            continue
+        key, sep, value = item.partition("=")
+        if not sep or not key or "=" in value:
+            raise ConfigError(
+                f"malformed override {item!r}: write key=value with exactly one '=' "
+                "(e.g. batch_size=4), +key=value to add a key, ~key to remove one"
+            )
+        adding = key.startswith("+")
+        key = key.lstrip("+")
+        if not adding:
+            _require_key(cfg, key, item)
+        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist([f"{key}={value}"]))
+    return cfg
+
+
+def load_config(argv: list[str]) -> DictConfig:
+    """Parse ``--config NAME_OR_PATH [overrides…]`` into a config.
+
+    Args:
+        argv (list[str]): the recipe's command line, without the program name.
+
+    Returns:
+        DictConfig: the config with overrides applied (interpolations unresolved).
+
+    Raises:
+        ConfigError: no ``--config``, unknown name, bad YAML or a bad override.
+    """
+    if "--config" not in argv or argv.index("--config") == len(argv) - 1:
+        raise ConfigError(
+            "missing --config: run `tune run adept_cpt --config NAME_OR_PATH [key=value ...]` "
+            f"(shipped configs: {', '.join(available_configs())})"
+        )
+    i = argv.index("--config")
+    path = resolve_config(argv[i + 1])
+    try:
+        cfg = OmegaConf.load(path)
+    except Exception as e:
+        raise ConfigError(f"config file {path} is not valid YAML: {e}") from None
+    if not isinstance(cfg, DictConfig):
+        raise ConfigError(f"config file {path} must hold a mapping of keys")
+    return apply_overrides(cfg, argv[:i] + argv[i + 2 :])
+
+
+def _require_key(cfg: DictConfig, key: str, item: str) -> None:
+    if OmegaConf.select(cfg, key, default=_MISSING, throw_on_missing=False) is not _MISSING:
+        return
+    known = _all_keys(cfg)
+    close = difflib.get_close_matches(key, known, n=3)
+    hint = f" Did you mean {' or '.join(close)}?" if close else ""
+    raise ConfigError(
+        f"override {item!r}: the config has no key {key!r}.{hint} "
+        f"Use +{key}=... to add a new key on purpose."
+    )
+
+
+def _all_keys(cfg: DictConfig, prefix: str = "") -> list[str]:
+    keys = []
+    for k, v in cfg.items_ex(resolve=False):
+        full = f"{prefix}{k}"
+        keys.append(full)
+        if isinstance(v, DictConfig):
+            keys.extend(_all_keys(v, f"{full}."))
+    return keys

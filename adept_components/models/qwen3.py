@@ -1,0 +1,235 @@
+"""Qwen3 dense models as torchtune ``TransformerDecoder`` s.
+
+torchtune 0.6.1 has no Qwen3. Its ``MultiHeadAttention`` accepts ``q_norm``/``k_norm`` but applies
+them *after* rotary embeddings, while Qwen3 RMS-normalises each query and key head *before*
+RoPE; built on the stock module, logits drift ~11% from the reference. ``Qwen3Attention`` fixes
+the order and everything else (RoPE, RMSNorm, SwiGLU MLP, decoder) is torchtune's own.
+
+Architecture numbers are those of the published Hugging Face ``config.json`` files
+(``Qwen/Qwen3-{0.6B,1.7B,4B,8B,14B,32B}``); the ``-Base`` checkpoints share them.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torchtune.models.qwen2._positional_embeddings import Qwen2RotaryPositionalEmbeddings
+from torchtune.modules import (
+    FeedForward,
+    MultiHeadAttention,
+    RMSNorm,
+    TiedLinear,
+    TransformerDecoder,
+    TransformerSelfAttentionLayer,
+)
+from torchtune.modules.attention_utils import _MaskType
+
+
+class Qwen3Attention(MultiHeadAttention):
+    """Grouped-query attention with per-head q/k RMSNorm applied before RoPE (Qwen3 order).
+
+    Only ``forward`` differs from torchtune's ``MultiHeadAttention``; construction, KV-cache
+    set-up and the attention kernel are inherited, so the module behaves like any torchtune
+    attention for FSDP, activation checkpointing and generation.
+    """
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor | None = None,
+        *,
+        mask: _MaskType | None = None,
+        input_pos: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Self-attention over ``x`` (``y`` is accepted for API parity and must equal ``x``
+        or be None while decoding from the KV cache).
+
+        Args:
+            x (torch.Tensor): input, shape [b, s, d].
+            y (torch.Tensor | None): key/value input, shape [b, s, d]; None reads the KV cache.
+            mask (_MaskType | None): boolean mask [b, s, s] or a flex-attention BlockMask.
+            input_pos (torch.Tensor | None): position ids [b, s]; None means 0..s-1.
+
+        Returns:
+            torch.Tensor: output, shape [b, s, d].
+        """
+        b, s_x, _ = x.shape
+        q = self.q_proj(x).view(b, s_x, self.num_heads, self.head_dim)  # [b, s, n_h, h_d]
+        q = self.q_norm(q)
+        q = self.pos_embeddings(q, input_pos=input_pos).transpose(1, 2)  # [b, n_h, s, h_d]
+
+        if y is None:
+            if self.kv_cache is None or not self.cache_enabled:
+                raise ValueError(
+                    "Must provide y input or use kv_cache to enable streaming decoding"
+                )
+            k, v = self.kv_cache.k_cache, self.kv_cache.v_cache
+        else:
+            s_y = y.shape[1]
+            k = self.k_proj(y).view(b, s_y, self.num_kv_heads, self.head_dim)
+            v = self.v_proj(y).view(b, s_y, self.num_kv_heads, self.head_dim)
+            k = self.pos_embeddings(self.k_norm(k), input_pos=input_pos)
+            k, v = k.transpose(1, 2), v.transpose(1, 2)  # [b, n_kv, s, h_d]
+            if self.kv_cache is not None and self.cache_enabled:
+                k, v = self.kv_cache.update(k, v)
+
+        if self.num_heads != self.num_kv_heads:
+            q_per_kv = self.num_heads // self.num_kv_heads
+            expand_shape = (b, self.num_kv_heads, q_per_kv, -1, self.head_dim)
+            k = k.unsqueeze(2).expand(expand_shape).flatten(1, 2)  # [b, n_h, s, h_d]
+            v = v.unsqueeze(2).expand(expand_shape).flatten(1, 2)
+
+        out = self._attention_call(
+            q,
+            k,
+            v,
+            mask=mask,
+            dropout_p=self.attn_dropout if self.training else 0.0,
+            is_causal=self.kv_cache is None and mask is None and self.is_causal,
+        )
+        out = out.transpose(1, 2).contiguous().view(b, s_x, -1)  # [b, s, n_h * h_d]
+        return self.output_proj(out)
+
+
+def qwen3(
+    vocab_size: int,
+    num_layers: int,
+    num_heads: int,
+    num_kv_heads: int,
+    embed_dim: int,
+    intermediate_dim: int,
+    max_seq_len: int,
+    head_dim: int = 128,
+    attn_dropout: float = 0.0,
+    norm_eps: float = 1e-6,
+    rope_base: float = 1_000_000.0,
+    tie_word_embeddings: bool = False,
+) -> TransformerDecoder:
+    """Build a Qwen3 dense decoder from architecture numbers.
+
+    ``head_dim`` is free: Qwen3 uses 128 even where ``embed_dim / num_heads`` differs
+    (0.6B: 1024 / 16 = 64), so q/k/v project to ``num_heads * head_dim`` and the output
+    projection maps back to ``embed_dim``. Projections have no bias.
+
+    Args:
+        vocab_size (int): number of tokens.
+        num_layers (int): number of decoder layers.
+        num_heads (int): query heads.
+        num_kv_heads (int): key/value heads (GQA); must divide ``num_heads``.
+        embed_dim (int): model width (HF ``hidden_size``).
+        intermediate_dim (int): SwiGLU hidden width (HF ``intermediate_size``).
+        max_seq_len (int): longest sequence the RoPE cache covers.
+        head_dim (int): per-head width (HF ``head_dim``).
+        attn_dropout (float): attention dropout probability.
+        norm_eps (float): RMSNorm epsilon (HF ``rms_norm_eps``).
+        rope_base (float): RoPE theta (HF ``rope_theta``).
+        tie_word_embeddings (bool): share the embedding matrix with the output head.
+
+    Returns:
+        TransformerDecoder: the model, randomly initialised.
+    """
+    rope = Qwen2RotaryPositionalEmbeddings(dim=head_dim, max_seq_len=max_seq_len, base=rope_base)
+    layers = nn.ModuleList()
+    for _ in range(num_layers):
+        attn = Qwen3Attention(
+            embed_dim=embed_dim,
+            num_heads=num_heads,
+            num_kv_heads=num_kv_heads,
+            head_dim=head_dim,
+            q_proj=nn.Linear(embed_dim, num_heads * head_dim, bias=False),
+            k_proj=nn.Linear(embed_dim, num_kv_heads * head_dim, bias=False),
+            v_proj=nn.Linear(embed_dim, num_kv_heads * head_dim, bias=False),
+            output_proj=nn.Linear(num_heads * head_dim, embed_dim, bias=False),
+            pos_embeddings=rope,
+            q_norm=RMSNorm(dim=head_dim, eps=norm_eps),
+            k_norm=RMSNorm(dim=head_dim, eps=norm_eps),
+            max_seq_len=max_seq_len,
+            attn_dropout=attn_dropout,
+        )
+        mlp = FeedForward(
+            gate_proj=nn.Linear(embed_dim, intermediate_dim, bias=False),
+            down_proj=nn.Linear(intermediate_dim, embed_dim, bias=False),
+            up_proj=nn.Linear(embed_dim, intermediate_dim, bias=False),
+        )
+        layers.append(
+            TransformerSelfAttentionLayer(
+                attn=attn,
+                mlp=mlp,
+                sa_norm=RMSNorm(dim=embed_dim, eps=norm_eps),
+                mlp_norm=RMSNorm(dim=embed_dim, eps=norm_eps),
+            )
+        )
+    tok_embeddings = nn.Embedding(vocab_size, embed_dim)
+    output = (
+        TiedLinear(tok_embeddings)
+        if tie_word_embeddings
+        else nn.Linear(embed_dim, vocab_size, bias=False)
+    )
+    return TransformerDecoder(
+        tok_embeddings=tok_embeddings,
+        layers=layers,
+        max_seq_len=max_seq_len,
+        num_heads=num_heads,
+        head_dim=head_dim,
+        norm=RMSNorm(embed_dim, eps=norm_eps),
+        output=output,
+    )
+
+
+# Published sizes. Columns: layers, heads, kv heads, embed dim, intermediate, tied embeddings.
+# All share vocab 151,936, head_dim 128, rope theta 1e6, rms eps 1e-6 and 40,960 positions.
+_QWEN3_SIZES: dict[str, tuple[int, int, int, int, int, bool]] = {
+    "0.6b": (28, 16, 8, 1024, 3072, True),
+    "1.7b": (28, 16, 8, 2048, 6144, True),
+    "4b": (36, 32, 8, 2560, 9728, True),
+    "8b": (36, 32, 8, 4096, 12288, False),
+    "14b": (40, 40, 8, 5120, 17408, False),
+    "32b": (64, 64, 8, 5120, 25600, False),
+}
+
+
+def _qwen3_size(size: str, max_seq_len: int) -> TransformerDecoder:
+    num_layers, num_heads, num_kv_heads, embed_dim, intermediate_dim, tied = _QWEN3_SIZES[size]
+    return qwen3(
+        vocab_size=151_936,
+        num_layers=num_layers,
+        num_heads=num_heads,
+        num_kv_heads=num_kv_heads,
+        embed_dim=embed_dim,
+        intermediate_dim=intermediate_dim,
+        max_seq_len=max_seq_len,
+        head_dim=128,
+        norm_eps=1e-6,
+        rope_base=1_000_000.0,
+        tie_word_embeddings=tied,
+    )
+
+
+def qwen3_0_6b(max_seq_len: int = 40_960) -> TransformerDecoder:
+    """Qwen3-0.6B (HF ``Qwen/Qwen3-0.6B``): 28 layers, tied embeddings, 596M parameters."""
+    return _qwen3_size("0.6b", max_seq_len)
+
+
+def qwen3_1_7b(max_seq_len: int = 40_960) -> TransformerDecoder:
+    """Qwen3-1.7B (HF ``Qwen/Qwen3-1.7B``): 28 layers, tied embeddings, 1.72B parameters."""
+    return _qwen3_size("1.7b", max_seq_len)
+
+
+def qwen3_4b(max_seq_len: int = 40_960) -> TransformerDecoder:
+    """Qwen3-4B (HF ``Qwen/Qwen3-4B``): 36 layers, tied embeddings, 4.02B parameters."""
+    return _qwen3_size("4b", max_seq_len)
+
+
+def qwen3_8b(max_seq_len: int = 40_960) -> TransformerDecoder:
+    """Qwen3-8B (HF ``Qwen/Qwen3-8B``): 36 layers, untied, 8,190,735,360 parameters."""
+    return _qwen3_size("8b", max_seq_len)
+
+
+def qwen3_14b(max_seq_len: int = 40_960) -> TransformerDecoder:
+    """Qwen3-14B (HF ``Qwen/Qwen3-14B``): 40 layers, untied, 14.8B parameters."""
+    return _qwen3_size("14b", max_seq_len)
+
+
+def qwen3_32b(max_seq_len: int = 40_960) -> TransformerDecoder:
+    """Qwen3-32B (HF ``Qwen/Qwen3-32B``): 64 layers, untied, 32.8B parameters."""
+    return _qwen3_size("32b", max_seq_len)

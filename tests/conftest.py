@@ -1,0 +1,160 @@
+"""Shared fixtures: tiny random Hugging Face checkpoints written by transformers itself."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+# Tiny architectures that still exercise what the real ones have: GQA, head_dim != dim/heads
+# (Qwen3), tied and untied heads, Llama 3 RoPE scaling.
+TINY_QWEN3 = dict(
+    model_type="qwen3",
+    vocab_size=128,
+    hidden_size=48,
+    intermediate_size=96,
+    num_hidden_layers=4,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    head_dim=16,
+    max_position_embeddings=256,
+    rms_norm_eps=1e-6,
+    rope_theta=1_000_000.0,
+    tie_word_embeddings=False,
+)
+TINY_LLAMA = dict(
+    model_type="llama",
+    vocab_size=128,
+    hidden_size=64,
+    intermediate_size=112,
+    num_hidden_layers=4,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=8192 * 2,
+    rms_norm_eps=1e-5,
+    rope_theta=500_000.0,
+    rope_scaling=dict(
+        rope_type="llama3",
+        factor=8.0,
+        low_freq_factor=1.0,
+        high_freq_factor=4.0,
+        original_max_position_embeddings=8192,
+    ),
+    tie_word_embeddings=False,
+)
+
+
+def save_hf_model(directory: Path, arch: dict, seed: int = 0) -> Path:
+    """Build a random transformers model for ``arch`` and ``save_pretrained`` it.
+
+    Norm weights are randomised too (HF initialises them to 1), so a key or layout error in
+    the norms cannot hide.
+    """
+    import transformers
+
+    arch = dict(arch)
+    config_cls = transformers.AutoConfig.for_model(arch.pop("model_type"), **arch)
+    torch.manual_seed(seed)
+    model = transformers.AutoModelForCausalLM.from_config(config_cls, dtype=torch.float32)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("norm.weight"):
+                p.copy_(1.0 + 0.1 * torch.randn_like(p))
+    model.save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture
+def tiny_qwen3_dir(tmp_path: Path) -> Path:
+    return save_hf_model(tmp_path / "qwen3", TINY_QWEN3)
+
+
+@pytest.fixture
+def tiny_llama_dir(tmp_path: Path) -> Path:
+    return save_hf_model(tmp_path / "llama", TINY_LLAMA)
+
+
+QWEN_SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<tool_call>", "</tool_call>"]
+SAMPLE_TEXT = (
+    "Continual pretraining adapts a language model to a new domain. The patient was given "
+    "250 mg of amoxicillin twice daily for 7 days. Let x be a real number such that x^2 = 4. "
+    "The quick brown fox jumps over the lazy dog, again and again, 1234567890 times.\n"
+)
+
+
+def write_qwen_tokenizer(directory: Path, texts: list[str], vocab_size: int = 300) -> int:
+    """Train a Qwen-style byte-level BPE locally and save it as Qwen3 checkpoints ship it.
+
+    Returns:
+        int: the number of ids (base vocab + special tokens).
+    """
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+    from torchtune.models.qwen2._tokenizer import PRETOKENIZE_REGEX
+
+    tok = Tokenizer(models.BPE())
+    tok.normalizer = normalizers.NFC()
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(texts, trainer)
+    tok.add_special_tokens(QWEN_SPECIAL_TOKENS)
+    directory.mkdir(parents=True, exist_ok=True)
+    tok.model.save(str(directory))
+    tok.save(str(directory / "tokenizer.json"))
+    return tok.get_vocab_size()
+
+
+def write_tiny_qwen3_checkpoint(directory: Path, num_layers: int = 4, seed: int = 0) -> Path:
+    """A complete tiny Qwen3 model directory: random weights, config and a real BPE tokenizer."""
+    n_ids = write_qwen_tokenizer(directory, [SAMPLE_TEXT] * 20)
+    vocab = (n_ids + 63) // 64 * 64
+    save_hf_model(
+        directory, {**TINY_QWEN3, "vocab_size": vocab, "num_hidden_layers": num_layers}, seed
+    )
+    return directory
+
+
+def write_run_config(path: Path, checkpoint_dir: Path, output_dir: Path, **extra: object) -> Path:
+    """A minimal adept_cpt YAML for a tiny local checkpoint."""
+    import yaml
+
+    cfg = {
+        "output_dir": str(output_dir),
+        "seed": 0,
+        "device": "cpu",
+        "dtype": "fp32",
+        "model": {
+            "_component_": "adept_components.models.model_from_hf_config",
+            "checkpoint_dir": str(checkpoint_dir),
+        },
+        "tokenizer": {
+            "_component_": "adept_components.models.tokenizers.qwen3_tokenizer",
+            "path": str(checkpoint_dir),
+        },
+        "checkpointer": {
+            "_component_": "adept_components.checkpointing.HFCheckpointer",
+            "checkpoint_dir": str(checkpoint_dir),
+            "output_dir": "${output_dir}",
+        },
+        "metric_logger": {
+            "_component_": "torchtune.training.metric_logging.DiskLogger",
+            "log_dir": "${output_dir}/logs",
+        },
+        "smoke_text": SAMPLE_TEXT,
+        **extra,
+    }
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path

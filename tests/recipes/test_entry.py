@@ -1,0 +1,132 @@
+"""``tune run adept_cpt`` end to end in subprocesses, from a directory outside the repo."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import transformers
+from conftest import write_run_config, write_tiny_qwen3_checkpoint
+
+
+def _tune_run(args: list[str], cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torchtune._cli.tune", "run", *args]
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture
+def tiny_run(tmp_path: Path) -> tuple[Path, Path, Path]:
+    ckpt = write_tiny_qwen3_checkpoint(tmp_path / "base")
+    out = tmp_path / "out"
+    config = write_run_config(tmp_path / "tiny.yaml", ckpt, out)
+    work = tmp_path / "elsewhere"
+    work.mkdir()
+    return config, ckpt, out
+
+
+def _assert_same_logits(base: Path, saved: Path) -> None:
+    tokens = torch.arange(20).unsqueeze(0)
+    with torch.no_grad():
+        a = transformers.AutoModelForCausalLM.from_pretrained(base).eval()(tokens).logits
+        b = transformers.AutoModelForCausalLM.from_pretrained(saved).eval()(tokens).logits
+    assert torch.equal(a, b)
+
+
+@pytest.mark.slow
+def test_single_process_from_any_directory(tiny_run: tuple[Path, Path, Path]) -> None:
+    config, ckpt, out = tiny_run
+    result = _tune_run(["adept_cpt", "--config", str(config)], cwd=config.parent / "elsewhere")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Smoke forward" in result.stderr + result.stdout
+    saved = out / "final"
+    assert json.loads((saved / "config.json").read_text())["num_hidden_layers"] == 4
+    assert (saved / "tokenizer.json").is_file()
+    _assert_same_logits(ckpt, saved)
+    assert list((out / "logs").glob("*.txt"))
+
+
+@pytest.mark.slow
+def test_two_ranks_with_torchrun(tiny_run: tuple[Path, Path, Path]) -> None:
+    config, ckpt, out = tiny_run
+    result = _tune_run(
+        ["--nproc_per_node", "2", "adept_cpt", "--config", str(config)],
+        cwd=config.parent / "elsewhere",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "world size 2" in result.stderr + result.stdout
+    _assert_same_logits(ckpt, out / "final")
+
+
+def test_unknown_config_name_lists_shipped_configs(tmp_path: Path) -> None:
+    result = _tune_run(["adept_cpt", "--config", "no_such_config"], cwd=tmp_path, timeout=120)
+    assert result.returncode == 1
+    assert "no_such_config" in result.stderr and "tiny_demo" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("batch_sise=4", "no key 'batch_sise'"),
+        ("seed=1=2", "malformed override"),
+        ("checkpointer.checkpoint_dirr=/x", "Did you mean checkpointer.checkpoint_dir"),
+    ],
+)
+def test_bad_override_is_one_clear_error(
+    tiny_run: tuple[Path, Path, Path], override: str, message: str
+) -> None:
+    config, _, out = tiny_run
+    result = _tune_run(
+        ["adept_cpt", "--config", str(config), override], cwd=config.parent, timeout=120
+    )
+    assert result.returncode == 1
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda ckpt: (ckpt / "config.json").unlink(), "config.json is missing"),
+        (lambda ckpt: (ckpt / "model.safetensors").unlink(), "no model weights"),
+        (
+            lambda ckpt: _rewrite_config(ckpt, model_type="gpt2"),
+            "model_type='gpt2' is not supported",
+        ),
+    ],
+    ids=["no_config_json", "no_tensors", "unknown_model_type"],
+)
+def test_bad_checkpoint_is_one_clear_error(
+    tiny_run: tuple[Path, Path, Path], mutate, message: str
+) -> None:
+    config, ckpt, out = tiny_run
+    mutate(ckpt)
+    result = _tune_run(["adept_cpt", "--config", str(config)], cwd=config.parent, timeout=120)
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not out.exists()
+
+
+def test_missing_checkpoint_dir(tiny_run: tuple[Path, Path, Path]) -> None:
+    config, _, out = tiny_run
+    result = _tune_run(
+        ["adept_cpt", "--config", str(config), "checkpointer.checkpoint_dir=/nonexistent/qwen"],
+        cwd=config.parent,
+        timeout=120,
+    )
+    assert result.returncode == 1
+    assert "checkpoint_dir '/nonexistent/qwen' does not exist" in result.stderr
+    assert not out.exists()
+
+
+def _rewrite_config(ckpt: Path, **changes: object) -> None:
+    path = ckpt / "config.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), **changes}))
