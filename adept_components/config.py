@@ -16,7 +16,20 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 CONFIG_PACKAGE = "adept_components.recipe_configs"
+ASSET_PACKAGE = "adept_components.assets"
 _MISSING = object()
+
+
+def asset_path(relative: str) -> str:
+    """Absolute path of a file shipped in ``adept_components/assets`` (the demo model and text).
+
+    Registered as the OmegaConf resolver ``${adept_asset:demo/base_model}`` so shipped configs
+    work from any directory and from wheel or editable installs alike.
+    """
+    return str(Path(str(resources.files(ASSET_PACKAGE))) / relative)
+
+
+OmegaConf.register_resolver("adept_asset", asset_path, replace=True)
 
 
 class ConfigError(ValueError):

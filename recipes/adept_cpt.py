@@ -66,6 +66,7 @@ class AdeptCPTRecipe:
         self.is_rank_zero = self.rank == 0
         self.dtype = training.get_dtype(cfg.dtype, device=self.device)
         self.seed = training.set_seed(cfg.seed)
+        self.metric_logger = None  # built in setup(), after everything that can reject the config
 
     def setup(self) -> None:
         """Build checkpointer -> model (with base weights) -> tokenizer, then the logger.

@@ -78,7 +78,6 @@ def tiny_llama_dir(tmp_path: Path) -> Path:
     return save_hf_model(tmp_path / "llama", TINY_LLAMA)
 
 
-QWEN_SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<tool_call>", "</tool_call>"]
 SAMPLE_TEXT = (
     "Continual pretraining adapts a language model to a new domain. The patient was given "
     "250 mg of amoxicillin twice daily for 7 days. Let x be a real number such that x^2 = 4. "
@@ -87,34 +86,10 @@ SAMPLE_TEXT = (
 
 
 def write_qwen_tokenizer(directory: Path, texts: list[str], vocab_size: int = 300) -> int:
-    """Train a Qwen-style byte-level BPE locally and save it as Qwen3 checkpoints ship it.
+    """A locally trained Qwen-format BPE tokenizer; returns the number of ids."""
+    from adept_components.assets.build_demo import train_qwen_tokenizer
 
-    Returns:
-        int: the number of ids (base vocab + special tokens).
-    """
-    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
-    from torchtune.models.qwen2._tokenizer import PRETOKENIZE_REGEX
-
-    tok = Tokenizer(models.BPE())
-    tok.normalizer = normalizers.NFC()
-    tok.pre_tokenizer = pre_tokenizers.Sequence(
-        [
-            pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated", invert=False),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-        ]
-    )
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator(texts, trainer)
-    tok.add_special_tokens(QWEN_SPECIAL_TOKENS)
-    directory.mkdir(parents=True, exist_ok=True)
-    tok.model.save(str(directory))
-    tok.save(str(directory / "tokenizer.json"))
-    return tok.get_vocab_size()
+    return train_qwen_tokenizer(texts, vocab_size, directory)
 
 
 def write_tiny_qwen3_checkpoint(directory: Path, num_layers: int = 4, seed: int = 0) -> Path:

@@ -153,11 +153,11 @@ def check_state_dict_matches(
             "Use a builder that matches config.json (model._component_="
             "adept_components.models.model_from_hf_config)"
         )
-    for key, tensor in state_dict.items():
-        if tensor.shape != expected[key].shape:
+    for key, want in expected.items():  # model order: the first mismatch a reader expects
+        if state_dict[key].shape != want.shape:
             raise ValueError(
-                f"tensor {hf_name(key, family)!r} has shape {tuple(tensor.shape)} in the checkpoint "
-                f"but {tuple(expected[key].shape)} in the model built from the `model` config entry; "
+                f"tensor {hf_name(key, family)!r} has shape {tuple(state_dict[key].shape)} in the checkpoint "
+                f"but {tuple(want.shape)} in the model built from the `model` config entry; "
                 "pick the builder that matches the checkpoint's config.json"
             )
 
