@@ -1,0 +1,361 @@
+"""S1.1 probe data: the general-domain samples the layer and unit importance scores are measured on.
+
+Two kinds of sample (spec S1.1):
+
+- ``"text"``: plain text; the loss counts on every token.
+- ``"instruction"``: an instruction/answer pair formatted as
+  ``"User: {instruction}\\nAssistant: {output}"``; the loss counts on the answer only (the
+  prompt's labels are ``CROSS_ENTROPY_IGNORE_IDX``).
+
+Padding never counts: ``probe_batches`` right-pads each batch and gives pad positions the
+ignore label, so a probe loss is a mean over real, supervised tokens only (the reference code
+counted pads; spec "Reference code bugs").
+
+Labels follow torchtune's convention: ``labels`` is as long as ``tokens`` and holds the id a
+position *is* (or the ignore index); the loss compares the logits at position ``t`` with
+``labels[t + 1]``. So ``labels[0]`` is never predicted and a sample needs at least one
+supervised label after its first token to contribute.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import re
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+import torch
+from torchtune.data import CROSS_ENTROPY_IGNORE_IDX
+
+logger = logging.getLogger(__name__)
+
+ProbeKind = Literal["text", "instruction"]
+_KINDS = ("text", "instruction")
+# Local file suffix -> ``datasets`` builder name.
+_FILE_BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".txt": None}
+_PARAGRAPH_BREAK = re.compile(r"\n[ \t\r\f\v]*\n")
+
+
+class _Encoder(Protocol):
+    """What the probe needs of a tokenizer (torchtune's Qwen2.5 and Llama 3 tokenizers fit)."""
+
+    def encode(self, text: str, add_bos: bool = True, add_eos: bool = True) -> list[int]: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class ProbeSample:
+    """One tokenized probe sample.
+
+    Attributes:
+        tokens (list[int]): input ids, at most ``max_seq_len`` long.
+        labels (list[int]): same length as ``tokens``: the token id where the loss counts,
+            ``CROSS_ENTROPY_IGNORE_IDX`` (-100) where it does not (instruction prompts).
+    """
+
+    tokens: list[int]
+    labels: list[int]
+
+    @property
+    def num_supervised(self) -> int:
+        """Labels the loss counts: supervised positions after the first (never predicted)."""
+        return sum(label != CROSS_ENTROPY_IGNORE_IDX for label in self.labels[1:])
+
+
+@dataclasses.dataclass(frozen=True)
+class ProbeSetInfo:
+    """Where a probe set came from and how it was cut: the data identity of a layer profile.
+
+    Attributes:
+        source (str): the file path or Hugging Face dataset id.
+        kind (str): ``"text"`` or ``"instruction"``.
+        split (str): the dataset split read (a single local file is always one split).
+        num_samples (int): samples kept.
+        max_seq_len (int): truncation length.
+        num_tokens (int): supervised tokens over all samples (the loss denominator).
+        num_skipped (int): rows read but dropped (empty, or nothing supervised after truncation).
+    """
+
+    source: str
+    kind: str
+    split: str
+    num_samples: int
+    max_seq_len: int
+    num_tokens: int
+    num_skipped: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class ProbeData:
+    """A tokenized probe set.
+
+    Attributes:
+        samples (list[ProbeSample]): the samples, in source order.
+        pad_id (int): token id used to right-pad batches (its labels are always ignored).
+        info (ProbeSetInfo): the data identity.
+    """
+
+    samples: list[ProbeSample]
+    pad_id: int
+    info: ProbeSetInfo
+
+
+def probe_dataset(
+    tokenizer: _Encoder,
+    source: str,
+    kind: ProbeKind = "text",
+    num_samples: int = 1000,
+    max_seq_len: int = 512,
+    split: str = "train",
+    text_column: str = "text",
+    instruction_column: str = "instruction",
+    output_column: str = "output",
+    input_column: str | None = "input",
+    seed: int | None = None,
+    streaming: bool = False,
+) -> ProbeData:
+    """Read and tokenize a general-domain probe set (spec S1.1).
+
+    ``source`` may be:
+
+    - a ``.txt`` file: one sample per paragraph, paragraphs separated by a blank line (line
+      breaks inside a paragraph are kept). ``kind="text"`` only.
+    - a ``.jsonl`` / ``.json`` / ``.parquet`` file: read with ``datasets.load_dataset`` and the
+      ``json`` / ``parquet`` builder; one row is one sample.
+    - a local dataset directory or a Hugging Face dataset id: ``datasets.load_dataset(source,
+      split=split)``.
+
+    The first ``num_samples`` *usable* samples in source order are kept (after shuffling with
+    ``seed`` if given). Rows whose text is empty, or that have no supervised token left after
+    truncation to ``max_seq_len`` (an instruction prompt that fills the whole window), are
+    skipped and counted in ``info.num_skipped``. Text samples get the tokenizer's BOS (if it
+    has one) and EOS, as in pretraining. Instruction samples tokenize the prompt
+    ``"User: {instruction}\\nAssistant:"`` and the answer ``" {output}"`` + EOS separately, so
+    the prompt/answer boundary is exact; with byte-level BPE this equals tokenizing the whole
+    string, because the pre-tokenizer already splits before a space-led word. A non-empty
+    ``input_column`` value (Alpaca style) is appended to the instruction on a new line.
+
+    Do not probe with the test split of an evaluation benchmark (spec S1.1); ``split="test"``
+    logs a warning.
+
+    Args:
+        tokenizer (_Encoder): a torchtune tokenizer with ``encode(text, add_bos, add_eos)``.
+        source (str): file path, dataset directory or Hugging Face dataset id.
+        kind (str): ``"text"`` (loss on every token) or ``"instruction"`` (loss on the answer).
+        num_samples (int): samples to keep. Default: 1000.
+        max_seq_len (int): tokens per sample; longer samples are truncated on the right.
+            Default: 512.
+        split (str): dataset split for a dataset id or directory; ignored for a single file.
+            Default: ``"train"``.
+        text_column (str): column holding the text (``kind="text"``). Default: ``"text"``.
+        instruction_column (str): column holding the instruction. Default: ``"instruction"``.
+        output_column (str): column holding the answer. Default: ``"output"``.
+        input_column (str | None): optional column with extra input for the instruction; None
+            or a column the data lacks means none. Default: ``"input"``.
+        seed (int | None): shuffle rows with this seed before taking samples; None keeps the
+            source order. Default: None.
+        streaming (bool): stream a dataset id instead of downloading all of it (only the rows
+            needed are read). Default: False.
+
+    Returns:
+        ProbeData: the tokenized samples and their data identity.
+
+    Raises:
+        ValueError: ``kind``, ``num_samples`` or ``max_seq_len`` is invalid, a ``.txt`` file is
+            used with ``kind="instruction"``, a needed column is missing, or no usable sample
+            is left (the source is empty, or every sample is empty or fully masked).
+        FileNotFoundError: ``source`` looks like a local file (has a file suffix we read or an
+            existing parent path) but does not exist.
+    """
+    if kind not in _KINDS:
+        raise ValueError(f"probe kind={kind!r} is not supported (choose one of {list(_KINDS)})")
+    if num_samples <= 0:
+        raise ValueError(f"probe num_samples={num_samples} must be a positive integer")
+    if max_seq_len < 2:
+        raise ValueError(
+            f"probe max_seq_len={max_seq_len} must be at least 2 (one token predicts the next)"
+        )
+    if split == "test":
+        logger.warning(
+            "probe split='test': spec S1.1 forbids probing with test splits of evaluation "
+            "benchmarks; make sure %s is not one",
+            source,
+        )
+    rows = _read_rows(source, kind, split, text_column, seed, streaming)
+    columns = _Columns(kind, text_column, instruction_column, output_column, input_column)
+    samples: list[ProbeSample] = []
+    skipped = 0
+    for row in rows:
+        sample = _tokenize_row(tokenizer, columns.extract(row, source), kind, max_seq_len)
+        if sample is None:
+            skipped += 1
+            continue
+        samples.append(sample)
+        if len(samples) == num_samples:
+            break
+    if not samples:
+        what = "no rows" if skipped == 0 else f"{skipped} rows, all empty or fully masked"
+        raise ValueError(
+            f"probe source {source!r} (kind={kind!r}) gave {what}: no sample has a token the "
+            "loss counts. Check the file, the column names and max_seq_len."
+        )
+    if len(samples) < num_samples:
+        logger.warning(
+            "probe source %s has only %d usable samples (num_samples=%d)",
+            source,
+            len(samples),
+            num_samples,
+        )
+    pad_id = getattr(tokenizer, "pad_id", None)
+    info = ProbeSetInfo(
+        source=str(source),
+        kind=kind,
+        split=split,
+        num_samples=len(samples),
+        max_seq_len=max_seq_len,
+        num_tokens=sum(s.num_supervised for s in samples),
+        num_skipped=skipped,
+    )
+    return ProbeData(samples=samples, pad_id=0 if pad_id is None else int(pad_id), info=info)
+
+
+def probe_batches(data: ProbeData, batch_size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Cut a probe set into right-padded batches, in sample order.
+
+    Each batch is padded to its own longest sample: pad tokens are ``data.pad_id`` and pad
+    labels ``CROSS_ENTROPY_IGNORE_IDX``, so padding never counts in a loss. Right padding also
+    keeps every real token's causal context free of pads, so scores do not depend on how the
+    samples are batched.
+
+    Args:
+        data (ProbeData): the probe set.
+        batch_size (int): samples per batch (the last batch may be smaller).
+
+    Returns:
+        list[tuple[torch.Tensor, torch.Tensor]]: ``(tokens, labels)`` pairs, both int64 of
+        shape [b, s].
+
+    Raises:
+        ValueError: ``batch_size`` is not positive or the probe set is empty.
+    """
+    if batch_size <= 0:
+        raise ValueError(f"probe batch_size={batch_size} must be a positive integer")
+    if not data.samples:
+        raise ValueError("the probe set has no samples")
+    batches = []
+    for start in range(0, len(data.samples), batch_size):
+        chunk = data.samples[start : start + batch_size]
+        width = max(len(s.tokens) for s in chunk)
+        tokens = torch.full((len(chunk), width), data.pad_id, dtype=torch.long)  # [b, s]
+        labels = torch.full((len(chunk), width), CROSS_ENTROPY_IGNORE_IDX, dtype=torch.long)
+        for i, sample in enumerate(chunk):
+            tokens[i, : len(sample.tokens)] = torch.tensor(sample.tokens, dtype=torch.long)
+            labels[i, : len(sample.labels)] = torch.tensor(sample.labels, dtype=torch.long)
+        batches.append((tokens, labels))
+    return batches
+
+
+@dataclasses.dataclass(frozen=True)
+class _Columns:
+    """Which columns a row must have, and how to turn a row into (prompt, answer) text."""
+
+    kind: str
+    text: str
+    instruction: str
+    output: str
+    input: str | None
+
+    def extract(self, row: Mapping[str, Any] | str, source: str) -> tuple[str, str]:
+        """Return ``("", text)`` for text samples, ``(prompt, answer)`` for instructions."""
+        if isinstance(row, str):  # a .txt paragraph
+            return "", row
+        if self.kind == "text":
+            return "", _cell(row, self.text, "text_column", source)
+        instruction = _cell(row, self.instruction, "instruction_column", source)
+        answer = _cell(row, self.output, "output_column", source)
+        extra = row.get(self.input) if self.input is not None else None
+        if isinstance(extra, str) and extra.strip():
+            instruction = f"{instruction}\n{extra}"
+        if not instruction.strip() or not answer.strip():
+            return "", ""
+        return f"User: {instruction}\nAssistant:", f" {answer}"
+
+
+def _cell(row: Mapping[str, Any], column: str, field: str, source: str) -> str:
+    if column not in row:
+        raise ValueError(
+            f"probe {field}={column!r} is not a column of {source!r} "
+            f"(columns: {sorted(row.keys())})"
+        )
+    value = row[column]
+    return value if isinstance(value, str) else ""
+
+
+def _tokenize_row(
+    tokenizer: _Encoder, text: tuple[str, str], kind: str, max_seq_len: int
+) -> ProbeSample | None:
+    prompt, answer = text
+    if not answer.strip():
+        return None
+    if kind == "text":
+        tokens = tokenizer.encode(answer, add_bos=True, add_eos=True)[:max_seq_len]
+        labels = list(tokens)
+    else:
+        prompt_ids = tokenizer.encode(prompt, add_bos=True, add_eos=False)
+        answer_ids = tokenizer.encode(answer, add_bos=False, add_eos=True)
+        tokens = (prompt_ids + answer_ids)[:max_seq_len]
+        labels = ([CROSS_ENTROPY_IGNORE_IDX] * len(prompt_ids) + answer_ids)[:max_seq_len]
+    sample = ProbeSample(tokens=tokens, labels=labels)
+    return sample if sample.num_supervised > 0 else None
+
+
+def _read_rows(
+    source: str, kind: str, split: str, text_column: str, seed: int | None, streaming: bool
+) -> Iterable[Mapping[str, Any] | str]:
+    path = Path(source).expanduser()
+    suffix = path.suffix.lower()
+    if suffix in _FILE_BUILDERS or path.exists():
+        if not path.exists():
+            raise FileNotFoundError(f"probe source {str(path)!r} does not exist")
+        if path.is_file():
+            return _read_file(path, suffix, kind, seed)
+    return _read_hf_dataset(str(path) if path.exists() else source, split, seed, streaming)
+
+
+def _read_file(
+    path: Path, suffix: str, kind: str, seed: int | None
+) -> Iterable[Mapping[str, Any] | str]:
+    if suffix not in _FILE_BUILDERS:
+        raise ValueError(
+            f"probe source {str(path)!r}: unsupported file type {suffix!r} "
+            f"(supported: {sorted(_FILE_BUILDERS)})"
+        )
+    if suffix == ".txt":
+        if kind != "text":
+            raise ValueError(
+                f"probe kind={kind!r} needs columns, but {str(path)!r} is a .txt file; "
+                "use a .jsonl/.json/.parquet file with instruction and output columns"
+            )
+        paragraphs = [p.strip() for p in _PARAGRAPH_BREAK.split(path.read_text(encoding="utf-8"))]
+        paragraphs = [p for p in paragraphs if p]
+        if seed is not None:
+            order = torch.randperm(len(paragraphs), generator=torch.Generator().manual_seed(seed))
+            paragraphs = [paragraphs[i] for i in order.tolist()]
+        return paragraphs
+    import datasets
+
+    # A single file is one split; name it "train" whatever ``split`` says.
+    dataset = datasets.load_dataset(_FILE_BUILDERS[suffix], data_files=str(path), split="train")
+    return dataset.shuffle(seed=seed) if seed is not None else dataset
+
+
+def _read_hf_dataset(
+    source: str, split: str, seed: int | None, streaming: bool
+) -> Iterable[Mapping[str, Any]]:
+    import datasets
+
+    dataset = datasets.load_dataset(source, split=split, streaming=streaming)
+    if seed is not None:
+        dataset = dataset.shuffle(seed=seed)
+    return dataset
