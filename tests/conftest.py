@@ -102,34 +102,21 @@ def write_tiny_qwen3_checkpoint(directory: Path, num_layers: int = 4, seed: int 
     return directory
 
 
-def write_run_config(path: Path, checkpoint_dir: Path, output_dir: Path, **extra: object) -> Path:
-    """A minimal adept_cpt YAML for a tiny local checkpoint."""
-    import yaml
+def write_run_config(path: Path, checkpoint_dir: Path, output_dir: Path) -> Path:
+    """The tiny demo config pointed at a local checkpoint, cut to a two-step run."""
+    from omegaconf import OmegaConf
 
-    cfg = {
-        "output_dir": str(output_dir),
-        "seed": 0,
-        "device": "cpu",
-        "dtype": "fp32",
-        "model": {
-            "_component_": "adept_components.models.model_from_hf_config",
-            "checkpoint_dir": str(checkpoint_dir),
-        },
-        "tokenizer": {
-            "_component_": "adept_components.models.tokenizers.qwen3_tokenizer",
-            "path": str(checkpoint_dir),
-        },
-        "checkpointer": {
-            "_component_": "adept_components.checkpointing.HFCheckpointer",
-            "checkpoint_dir": str(checkpoint_dir),
-            "output_dir": "${output_dir}",
-        },
-        "metric_logger": {
-            "_component_": "torchtune.training.metric_logging.DiskLogger",
-            "log_dir": "${output_dir}/logs",
-        },
-        "smoke_text": SAMPLE_TEXT,
-        **extra,
+    from adept_components.config import load_config
+
+    overrides = {
+        "checkpointer.checkpoint_dir": checkpoint_dir,
+        "output_dir": output_dir,
+        "max_steps": 2,
+        "canary.every_n_steps": 0,
+        "save_every_n_steps": 0,
+        "probe.num_samples": 16,
+        "expansion.num_layers": 1,
     }
-    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    cfg = load_config(["--config", "tiny_demo", *(f"{k}={v}" for k, v in overrides.items())])
+    OmegaConf.save(cfg, path)
     return path

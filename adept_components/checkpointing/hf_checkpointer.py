@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import shutil
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -94,6 +94,7 @@ class HFCheckpointer:
         layer_sources: list[int] | None = None,
         extra_json: dict[str, dict[str, Any]] | None = None,
         dtype: torch.dtype | None = None,
+        extra_writer: Callable[[Path], None] | None = None,
     ) -> Path:
         """Write a complete HF model directory ``output_dir/name``, atomically.
 
@@ -106,6 +107,8 @@ class HFCheckpointer:
             extra_json (dict | None): further JSON files to write, ``{filename: content}``
                 (expansion metadata, training summaries).
             dtype (torch.dtype | None): cast floating tensors to this dtype; default: keep.
+            extra_writer (Callable[[Path], None] | None): writes further files (training state
+                for resume) into the unfinished directory, so they land atomically with it.
 
         Returns:
             Path: the finished directory.
@@ -125,6 +128,8 @@ class HFCheckpointer:
             for filename, content in (extra_json or {}).items():
                 _write_json(tmp / filename, content)
             write_safetensors_shards(hf_state, tmp, self.max_shard_size)
+            if extra_writer is not None:
+                extra_writer(tmp)
 
         return atomic_directory(self.output_dir / name, write)
 
@@ -195,7 +200,7 @@ def write_safetensors_shards(
     )
 
 
-def atomic_directory(target: Path, write: Any) -> Path:
+def atomic_directory(target: Path, write: Callable[[Path], None]) -> Path:
     """Create ``target`` by filling a hidden sibling directory and renaming it into place.
 
     A previous ``target`` is replaced only after the new one is complete; if ``write`` raises,

@@ -1,5 +1,6 @@
-"""Data for ADEPT: the general-domain probe set (spec S1.1)."""
+"""Data for ADEPT: the general-domain probe set (S1.1) and the packed domain corpus (S2.5)."""
 
+from adept_components.data.packed_text import CorpusInfo, PackedText, packed_text_dataset
 from adept_components.data.probe import (
     ProbeData,
     ProbeKind,
@@ -10,10 +11,13 @@ from adept_components.data.probe import (
 )
 
 __all__ = [
+    "CorpusInfo",
+    "PackedText",
     "ProbeData",
     "ProbeKind",
     "ProbeSample",
     "ProbeSetInfo",
+    "packed_text_dataset",
     "probe_batches",
     "probe_dataset",
 ]

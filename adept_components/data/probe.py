@@ -21,21 +21,20 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
 import torch
 from torchtune.data import CROSS_ENTROPY_IGNORE_IDX
 
+from adept_components.data.sources import read_rows
+
 logger = logging.getLogger(__name__)
 
 ProbeKind = Literal["text", "instruction"]
 _KINDS = ("text", "instruction")
 # Local file suffix -> ``datasets`` builder name.
-_FILE_BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".txt": None}
-_PARAGRAPH_BREAK = re.compile(r"\n[ \t\r\f\v]*\n")
 
 
 class _Encoder(Protocol):
@@ -114,6 +113,7 @@ def probe_dataset(
     input_column: str | None = "input",
     seed: int | None = None,
     streaming: bool = False,
+    subset: str | None = None,
 ) -> ProbeData:
     """Read and tokenize a general-domain probe set (spec S1.1).
 
@@ -157,6 +157,7 @@ def probe_dataset(
             source order. Default: None.
         streaming (bool): stream a dataset id instead of downloading all of it (only the rows
             needed are read). Default: False.
+        subset (str | None): dataset configuration name, e.g. ``"wikitext-103-raw-v1"``.
 
     Returns:
         ProbeData: the tokenized samples and their data identity.
@@ -182,7 +183,12 @@ def probe_dataset(
             "benchmarks; make sure %s is not one",
             source,
         )
-    rows = _read_rows(source, kind, split, text_column, seed, streaming)
+    if kind != "text" and Path(source).suffix.lower() == ".txt":
+        raise ValueError(
+            f"probe kind={kind!r} needs columns, but {source!r} is a .txt file; "
+            "use a .jsonl/.json/.parquet file with instruction and output columns"
+        )
+    rows = read_rows(source, split, seed, streaming, field="probe source", subset=subset)
     columns = _Columns(kind, text_column, instruction_column, output_column, input_column)
     samples: list[ProbeSample] = []
     skipped = 0
@@ -308,54 +314,3 @@ def _tokenize_row(
         labels = ([CROSS_ENTROPY_IGNORE_IDX] * len(prompt_ids) + answer_ids)[:max_seq_len]
     sample = ProbeSample(tokens=tokens, labels=labels)
     return sample if sample.num_supervised > 0 else None
-
-
-def _read_rows(
-    source: str, kind: str, split: str, text_column: str, seed: int | None, streaming: bool
-) -> Iterable[Mapping[str, Any] | str]:
-    path = Path(source).expanduser()
-    suffix = path.suffix.lower()
-    if suffix in _FILE_BUILDERS or path.exists():
-        if not path.exists():
-            raise FileNotFoundError(f"probe source {str(path)!r} does not exist")
-        if path.is_file():
-            return _read_file(path, suffix, kind, seed)
-    return _read_hf_dataset(str(path) if path.exists() else source, split, seed, streaming)
-
-
-def _read_file(
-    path: Path, suffix: str, kind: str, seed: int | None
-) -> Iterable[Mapping[str, Any] | str]:
-    if suffix not in _FILE_BUILDERS:
-        raise ValueError(
-            f"probe source {str(path)!r}: unsupported file type {suffix!r} "
-            f"(supported: {sorted(_FILE_BUILDERS)})"
-        )
-    if suffix == ".txt":
-        if kind != "text":
-            raise ValueError(
-                f"probe kind={kind!r} needs columns, but {str(path)!r} is a .txt file; "
-                "use a .jsonl/.json/.parquet file with instruction and output columns"
-            )
-        paragraphs = [p.strip() for p in _PARAGRAPH_BREAK.split(path.read_text(encoding="utf-8"))]
-        paragraphs = [p for p in paragraphs if p]
-        if seed is not None:
-            order = torch.randperm(len(paragraphs), generator=torch.Generator().manual_seed(seed))
-            paragraphs = [paragraphs[i] for i in order.tolist()]
-        return paragraphs
-    import datasets
-
-    # A single file is one split; name it "train" whatever ``split`` says.
-    dataset = datasets.load_dataset(_FILE_BUILDERS[suffix], data_files=str(path), split="train")
-    return dataset.shuffle(seed=seed) if seed is not None else dataset
-
-
-def _read_hf_dataset(
-    source: str, split: str, seed: int | None, streaming: bool
-) -> Iterable[Mapping[str, Any]]:
-    import datasets
-
-    dataset = datasets.load_dataset(source, split=split, streaming=streaming)
-    if seed is not None:
-        dataset = dataset.shuffle(seed=seed)
-    return dataset

@@ -27,6 +27,7 @@ from adept_components.importance.profile import (
     read_profile,
     write_profile,
 )
+from adept_components.importance.unit_importance import unit_importance
 
 __all__ = [
     "HEATMAP_FILE",
@@ -51,5 +52,6 @@ __all__ = [
     "rank_importance",
     "read_profile",
     "select_layers",
+    "unit_importance",
     "write_profile",
 ]

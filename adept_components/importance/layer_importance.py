@@ -443,6 +443,20 @@ def _loss_sum(model: nn.Module, h: torch.Tensor, labels: torch.Tensor) -> tuple[
 
 
 def _check_probe(model: nn.Module, batches: Sequence[Batch]) -> None:
+    """Validate the batches and refuse an FSDP-sharded model (the layer scores need it whole)."""
+    _check_batches(model, batches)
+    try:
+        from torch.distributed.tensor import DTensor
+    except ImportError:  # pragma: no cover - torch without distributed
+        return
+    if any(isinstance(p, DTensor) for p in model.parameters()):
+        raise ValueError(
+            "layer importance needs the whole model on every rank, but its parameters are "
+            "sharded (FSDP2 DTensors): profile the model before fully_shard"
+        )
+
+
+def _check_batches(model: nn.Module, batches: Sequence[Batch]) -> None:
     """Validate every batch on every rank, so all ranks fail alike before any collective."""
     if len(batches) == 0:
         raise ValueError("the probe has no batches: build them with probe_batches(data, ...)")
@@ -464,15 +478,6 @@ def _check_probe(model: nn.Module, batches: Sequence[Batch]) -> None:
         raise ValueError(
             "the probe has no supervised token: every label is padding or masked prompt "
             f"({CROSS_ENTROPY_IGNORE_IDX})"
-        )
-    try:
-        from torch.distributed.tensor import DTensor
-    except ImportError:  # pragma: no cover - torch without distributed
-        return
-    if any(isinstance(p, DTensor) for p in model.parameters()):
-        raise ValueError(
-            "layer importance needs the whole model on every rank, but its parameters are "
-            "sharded (FSDP2 DTensors): profile the model before fully_shard"
         )
 
 

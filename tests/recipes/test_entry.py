@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 import transformers
 from conftest import write_run_config, write_tiny_qwen3_checkpoint
 
@@ -30,37 +29,17 @@ def tiny_run(tmp_path: Path) -> tuple[Path, Path, Path]:
     return config, ckpt, out
 
 
-def _assert_same_logits(base: Path, saved: Path) -> None:
-    tokens = torch.arange(20).unsqueeze(0)
-    with torch.no_grad():
-        a = transformers.AutoModelForCausalLM.from_pretrained(base).eval()(tokens).logits
-        b = transformers.AutoModelForCausalLM.from_pretrained(saved).eval()(tokens).logits
-    assert torch.equal(a, b)
-
-
 @pytest.mark.slow
-def test_single_process_from_any_directory(tiny_run: tuple[Path, Path, Path]) -> None:
-    config, ckpt, out = tiny_run
+def test_path_config_from_any_directory(tiny_run: tuple[Path, Path, Path]) -> None:
+    config, _, out = tiny_run
     result = _tune_run(["adept_cpt", "--config", str(config)], cwd=config.parent / "elsewhere")
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "Smoke forward" in result.stderr + result.stdout
+    assert "Selected layers" in result.stderr + result.stdout
     saved = out / "final"
-    assert json.loads((saved / "config.json").read_text())["num_hidden_layers"] == 4
+    assert json.loads((saved / "config.json").read_text())["num_hidden_layers"] == 5
     assert (saved / "tokenizer.json").is_file()
-    _assert_same_logits(ckpt, saved)
+    assert transformers.AutoModelForCausalLM.from_pretrained(saved).config.num_hidden_layers == 5
     assert list((out / "logs").glob("*.txt"))
-
-
-@pytest.mark.slow
-def test_two_ranks_with_torchrun(tiny_run: tuple[Path, Path, Path]) -> None:
-    config, ckpt, out = tiny_run
-    result = _tune_run(
-        ["--nproc_per_node", "2", "adept_cpt", "--config", str(config)],
-        cwd=config.parent / "elsewhere",
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "world size 2" in result.stderr + result.stdout
-    _assert_same_logits(ckpt, out / "final")
 
 
 def test_unknown_config_name_lists_shipped_configs(tmp_path: Path) -> None:

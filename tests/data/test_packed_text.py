@@ -1,0 +1,79 @@
+"""Packed domain corpus: concatenate-then-chunk keeps every token but the last partial chunk."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from adept_components.data import packed_text_dataset
+from adept_components.models.tokenizers import qwen3_tokenizer
+
+DEMO_MODEL = Path(__file__).resolve().parents[2] / "adept_components/assets/demo/base_model"
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return qwen3_tokenizer(str(DEMO_MODEL))
+
+
+def _docs() -> list[str]:
+    return [
+        f"Document {i}: " + "the integral of a sum is the sum of the integrals. " * (i % 5 + 1)
+        for i in range(40)
+    ]
+
+
+def test_stream_is_the_concatenation_of_documents(tokenizer, tmp_path: Path) -> None:
+    path = tmp_path / "corpus.jsonl"
+    path.write_text("".join(json.dumps({"text": d}) + "\n" for d in _docs()))
+    data = packed_text_dataset(tokenizer, str(path), max_seq_len=32)
+    expected = [t for d in _docs() for t in tokenizer.encode(d, add_bos=True, add_eos=True)]
+    n = len(expected) // 32
+    assert len(data) == n
+    assert torch.equal(torch.cat([data[i] for i in range(n)]), torch.tensor(expected[: n * 32]))
+    assert data.info.num_tokens + data.info.num_dropped_tokens == len(expected)
+    assert data.info.num_dropped_tokens < 32 and data.info.num_documents == 40
+    assert (
+        torch.cat([data[i] for i in range(n)]) == tokenizer.eos_id
+    ).sum() >= 39  # separators kept
+
+
+def test_short_sequences_keep_almost_all_tokens(tokenizer, tmp_path: Path) -> None:
+    """torchtune 0.6.1's text_completion_dataset keeps ~43% at 64 tokens; packing keeps ~all."""
+    path = tmp_path / "corpus.txt"
+    path.write_text("\n\n".join(_docs()))
+    data = packed_text_dataset(tokenizer, str(path), max_seq_len=64)
+    assert data.info.num_tokens / (data.info.num_tokens + data.info.num_dropped_tokens) > 0.98
+
+
+def test_token_budget_stops_reading(tokenizer, tmp_path: Path) -> None:
+    path = tmp_path / "corpus.txt"
+    path.write_text("\n\n".join(_docs()))
+    data = packed_text_dataset(tokenizer, str(path), max_seq_len=16, max_tokens=100)
+    assert data.info.num_tokens == 96 and len(data) == 6
+    assert data.info.num_documents < 40
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "message"),
+    [
+        (
+            {"source": "missing.txt"},
+            FileNotFoundError,
+            "dataset source='missing.txt' does not exist",
+        ),
+        ({"max_seq_len": 1}, ValueError, "max_seq_len=1"),
+        ({"max_tokens": 4}, ValueError, "max_tokens=4"),
+        ({"max_seq_len": 100_000}, ValueError, "fewer than one chunk"),
+        ({"text_column": "body"}, ValueError, "text_column='body'"),
+    ],
+)
+def test_bad_input(tokenizer, tmp_path: Path, kwargs: dict, error: type, message: str) -> None:
+    path = tmp_path / "corpus.jsonl"
+    path.write_text(json.dumps({"text": "short text"}) + "\n")
+    args = {"source": str(path), "max_seq_len": 8, **kwargs}
+    with pytest.raises(error, match=message):
+        packed_text_dataset(tokenizer, **args)

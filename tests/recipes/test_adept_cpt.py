@@ -1,0 +1,309 @@
+"""The adept_cpt recipe end to end on the shipped tiny demo (real text, a pretrained tiny Qwen3).
+
+In-process runs call the recipe's ``main`` exactly as ``tune run`` does (same argv); the
+launcher itself and torchrun are exercised in subprocesses by ``test_entry.py`` and below.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import adept_cpt
+import pytest
+import torch
+import transformers
+from safetensors.torch import load_file
+
+from adept_components.config import asset_path
+from adept_components.expansion import ExpansionMetadata
+
+BASE = Path(asset_path("demo/base_model"))
+FAST = [
+    "max_steps=6",
+    "canary.every_n_steps=3",
+    "save_every_n_steps=0",
+    "unit_tuning.refresh_every=2",
+]
+
+
+def run(out: Path, *overrides: str) -> None:
+    """Run the recipe in this process on the tiny demo config."""
+    assert adept_cpt.main(["--config", "tiny_demo", f"output_dir={out}", *overrides]) == 0
+
+
+def losses(out: Path) -> dict[int, float]:
+    """Step -> loss from the run's DiskLogger files."""
+    found: dict[int, float] = {}
+    for log in sorted((out / "logs").glob("log_*.txt")):
+        for line in log.read_text().splitlines():
+            match = re.match(r"Step (\d+) \| loss:(\S+) ", line)
+            if match:
+                found[int(match.group(1))] = float(match.group(2))
+    return found
+
+
+def hf_tensors(directory: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(directory / "model.safetensors"))
+
+
+def test_tiny_demo_end_to_end(tmp_path: Path) -> None:
+    """The README's first command: selected layers and share printed, domain loss falls,
+    transformers loads the output, every non-copy weight is bitwise the base model's."""
+    out = tmp_path / "demo"
+    env = {**os.environ, "OMP_NUM_THREADS": "2"}
+    cmd = [sys.executable, "-m", "torchtune._cli.tune", "run", "adept_cpt", "--config", "tiny_demo"]
+    result = subprocess.run(
+        [*cmd, f"output_dir={out}"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    printed = result.stdout + result.stderr
+    assert re.search(r"Selected layers \[\d+, \d+\] \(k=2\)", printed)
+    assert re.search(r"trainable: [\d,]+ / [\d,]+ \(\d+\.\d\d%\)", printed)
+    assert f"HF checkpoint: {out / 'final'}" in printed
+
+    canary = json.loads((out / "canary.json").read_text())
+    assert canary[-1]["domain_loss"] < canary[-1]["domain_base"] - 0.5
+    assert all(
+        (out / "profile" / f).is_file()
+        for f in ("layer_importance.json", "layer_importance_layers.png")
+    )
+    assert (out / "unit_scales.png").is_file()
+
+    meta = ExpansionMetadata.from_json(
+        json.loads((out / "final" / "adept_expansion.json").read_text())
+    )
+    model = transformers.AutoModelForCausalLM.from_pretrained(out / "final")
+    assert len(model.model.layers) == meta.num_layers == 10
+
+    base, final = hf_tensors(BASE), hf_tensors(out / "final")
+    for key, tensor in base.items():
+        match = re.match(r"model\.layers\.(\d+)\.(.+)", key)
+        moved = (
+            f"model.layers.{meta.original_positions[int(match[1])]}.{match[2]}" if match else key
+        )
+        assert torch.equal(final[moved], tensor), key
+    for position in meta.copy_positions:
+        assert not torch.equal(
+            final[f"model.layers.{position}.mlp.down_proj.weight"],
+            torch.zeros_like(final[f"model.layers.{position}.mlp.down_proj.weight"]),
+        )
+
+
+@pytest.mark.parametrize(
+    "method", ["adept", "full", "llama_pro", "no_stage1", "no_stage2", "random"]
+)
+def test_every_method_runs(tmp_path: Path, method: str) -> None:
+    out = tmp_path / method
+    run(out, f"method={method}", *FAST)
+    assert len(losses(out)) == 6
+    config = json.loads((out / "final" / "config.json").read_text())
+    expands = method in ("adept", "llama_pro", "no_stage2", "random")
+    assert config["num_hidden_layers"] == (10 if expands else 8)
+    assert (out / "final" / "adept_expansion.json").is_file() == expands
+    if method == "llama_pro":
+        meta = json.loads((out / "final" / "adept_expansion.json").read_text())
+        assert meta["source_layers"] == [3, 7]
+    base, final = hf_tensors(BASE), hf_tensors(out / "final")
+    if method == "full":
+        assert not torch.equal(
+            base["model.embed_tokens.weight"], final["model.embed_tokens.weight"]
+        )
+    else:
+        assert torch.equal(base["model.embed_tokens.weight"], final["model.embed_tokens.weight"])
+    if method == "no_stage1":  # the k least important ORIGINAL layers train, nothing else
+        changed = {
+            int(re.match(r"model\.layers\.(\d+)", k)[1])
+            for k in base
+            if k.startswith("model.layers.") and not torch.equal(base[k], final[k])
+        }
+        profile = json.loads((out / "profile" / "layer_importance.json").read_text())
+        assert changed == set(profile["selected_layers"])
+
+
+def test_resume_gives_the_uninterrupted_run(tmp_path: Path) -> None:
+    """20 steps straight == 10 steps, stop, resume, 10 steps: same losses and weights."""
+    common = [
+        "max_steps=20",
+        "save_every_n_steps=0",
+        "unit_tuning.refresh_every=4",
+        "canary.every_n_steps=5",
+    ]
+    run(tmp_path / "straight", *common)
+    run(tmp_path / "resumed", *common, "stop_after_steps=10")
+    assert not (tmp_path / "resumed" / "final").exists()
+    assert (tmp_path / "resumed" / "checkpoints" / "step_10" / "training_state.pt").is_file()
+    run(tmp_path / "resumed", *common, "resume_from_checkpoint=true")
+
+    straight, resumed = losses(tmp_path / "straight"), losses(tmp_path / "resumed")
+    assert sorted(straight) == sorted(resumed) == list(range(1, 21))
+    for step in straight:
+        assert abs(straight[step] - resumed[step]) <= 1e-6, step
+    a, b = hf_tensors(tmp_path / "straight" / "final"), hf_tensors(tmp_path / "resumed" / "final")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.slow
+def test_two_gloo_ranks_match_one_process(tmp_path: Path) -> None:
+    """FSDP2 on two ranks with batch 4 each == one process accumulating two batches of 4."""
+    common = [
+        "max_steps=6",
+        "batch_size=4",
+        "save_every_n_steps=0",
+        "unit_tuning.refresh_every=3",
+        "canary.every_n_steps=3",
+    ]
+    run(tmp_path / "one", *common, "gradient_accumulation_steps=2")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torchtune._cli.tune", "run", "--nproc_per_node", "2", "adept_cpt"]
+    result = subprocess.run(
+        [*cmd, "--config", "tiny_demo", f"output_dir={tmp_path / 'two'}", *common],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    one, two = losses(tmp_path / "one"), losses(tmp_path / "two")
+    assert sorted(one) == sorted(two) == list(range(1, 7))
+    for step in one:
+        assert abs(one[step] - two[step]) <= 1e-4 * abs(one[step]), (step, one[step], two[step])
+    assert (
+        transformers.AutoModelForCausalLM.from_pretrained(
+            tmp_path / "two" / "final"
+        ).config.num_hidden_layers
+        == 10
+    )
+
+
+def test_stage1_only_saves_a_function_preserving_expansion(tmp_path: Path) -> None:
+    out = tmp_path / "stage1"
+    run(out, "stage1_only=true")
+    assert not losses(out)
+    tokens = torch.randint(0, 2048, (1, 40), generator=torch.Generator().manual_seed(0))
+    base = transformers.AutoModelForCausalLM.from_pretrained(BASE).eval()
+    expanded = transformers.AutoModelForCausalLM.from_pretrained(out / "final").eval()
+    assert expanded.config.num_hidden_layers == 10
+    with torch.no_grad():
+        assert torch.allclose(base(tokens).logits, expanded(tokens).logits, atol=1e-5, rtol=0)
+    profile = json.loads((out / "profile" / "layer_importance.json").read_text())
+    meta = json.loads((out / "final" / "adept_expansion.json").read_text())
+    assert meta["source_layers"] == profile["selected_layers"]
+
+
+def test_saved_profile_skips_probing(tmp_path: Path) -> None:
+    run(tmp_path / "first", "stage1_only=true")
+    profile = tmp_path / "first" / "profile" / "layer_importance.json"
+    run(tmp_path / "second", "stage1_only=true", f"expansion.profile={profile}")
+    first = json.loads((tmp_path / "first" / "final" / "adept_expansion.json").read_text())
+    second = json.loads((tmp_path / "second" / "final" / "adept_expansion.json").read_text())
+    assert first == second
+
+
+def test_nan_loss_stops_and_keeps_the_last_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from torchtune.modules.loss import CEWithChunkedOutputLoss
+
+    calls = {"n": 0}
+    real = CEWithChunkedOutputLoss.forward
+
+    def poisoned(self, logits, labels):
+        loss = real(self, logits, labels)
+        if torch.is_grad_enabled():  # training steps only; the canary runs under no_grad
+            calls["n"] += 1
+            if calls["n"] > 5:
+                return loss * float("nan")
+        return loss
+
+    monkeypatch.setattr(CEWithChunkedOutputLoss, "forward", poisoned)
+    out = tmp_path / "nan"
+    with pytest.raises(SystemExit) as exit_info:
+        adept_cpt.main(
+            ["--config", "tiny_demo", f"output_dir={out}", "max_steps=10", "save_every_n_steps=4"]
+        )
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err
+    assert "loss is nan at step 6" in err and "checkpoints/step_4" in err
+    assert "Traceback" not in err
+    assert (out / "checkpoints" / "step_4" / "model.safetensors").is_file()
+    assert not (out / "final").exists()
+
+
+_BAD = {
+    "unknown_method": (["method=adept_pro"], "method='adept_pro'"),
+    "batch_size_zero": (["batch_size=0"], "batch_size=0 must be a positive integer"),
+    "batch_size_string": (["batch_size=four"], "batch_size='four' must be a positive integer"),
+    "max_steps_negative": (["max_steps=-3"], "max_steps=-3"),
+    "grad_accum_float": (["gradient_accumulation_steps=1.5"], "gradient_accumulation_steps=1.5"),
+    "k_zero": (["expansion.num_layers=0"], "expansion.num_layers=0"),
+    "k_too_large": (["expansion.num_layers=8"], "k=8"),
+    "layer_out_of_range": (["expansion.layers=[3,40]"], "40"),
+    "duplicate_layers": (["expansion.layers=[3,3]"], "3"),
+    "unknown_importance": (["expansion.importance=magic"], "expansion.importance='magic'"),
+    "missing_dataset_file": (["dataset.source=/nonexistent/corpus.jsonl"], "does not exist"),
+    "seq_len_too_long": (["dataset.max_seq_len=1024"], "dataset.max_seq_len=1024 exceeds"),
+    "dtype": (["dtype=fp8"], "dtype='fp8'"),
+    "missing_required": (["~optimizer"], "lacks required key(s) ['optimizer']"),
+    "missing_optimizer_class": (["optimizer._component_=torch.optim.Adamm"], "Adamm"),
+    "min_scale": (["unit_tuning.min_scale=3"], "min_scale"),
+    "refresh_zero": (["unit_tuning.refresh_every=0"], "refresh_every"),
+    "optimizer_in_bwd": (["+optimizer_in_bwd=true"], "optimizer_in_bwd"),
+    "resume_without_checkpoint": (["resume_from_checkpoint=true"], "holds no step_N checkpoint"),
+    "unknown_override": (["batch_sise=2"], "no key 'batch_sise'"),
+    "cuda_without_gpu": (["device=cuda"], "no CUDA GPU"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(_BAD))
+def test_bad_config_is_one_clear_error(
+    tmp_path: Path, case: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    overrides, message = _BAD[case]
+    if case == "cuda_without_gpu" and torch.cuda.is_available():
+        pytest.skip("a GPU is visible")
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as exit_info:
+        adept_cpt.main(["--config", "tiny_demo", f"output_dir={out}", *overrides])
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err
+    assert err.startswith("adept_cpt: error: ") and message in err, err
+    assert "Traceback" not in err
+    assert not out.exists()
+
+
+def test_output_dir_that_is_a_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    target = tmp_path / "taken"
+    target.write_text("not a directory")
+    with pytest.raises(SystemExit):
+        adept_cpt.main(["--config", "tiny_demo", f"output_dir={target}"])
+    assert "is a file" in capsys.readouterr().err
+    assert target.read_text() == "not a directory"
+
+
+def test_resume_with_a_checkpoint_of_another_model(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "run"
+    run(out, *FAST[:1], "stop_after_steps=2")
+    config_path = out / "checkpoints" / "step_2" / "config.json"
+    config = json.loads(config_path.read_text())
+    config["intermediate_size"] = 512
+    config_path.write_text(json.dumps(config))
+    before = sorted(p.name for p in out.rglob("*"))
+    with pytest.raises(SystemExit):
+        adept_cpt.main(
+            ["--config", "tiny_demo", f"output_dir={out}", *FAST[:1], "resume_from_checkpoint=true"]
+        )
+    assert "is of another model" in capsys.readouterr().err
+    assert sorted(p.name for p in out.rglob("*")) == before
