@@ -215,7 +215,6 @@ class AdeptCPTRecipe:
                 f"copies of {list(self.metadata.source_layers)} at {self.metadata.copy_positions}"
             )
         self._log(f"Trainable layers {trainable if trainable is not None else 'all'}; {summary}")
-        self.trainable_summary = summary
 
     def _select_layers(self) -> list[int] | None:
         """The base layers to copy (or, for ``no_stage1``, to train); None for ``full``."""
@@ -699,7 +698,7 @@ class AdeptCPTRecipe:
         }
 
     def _load_training_state(self) -> None:
-        state = torch.load(self.resume_dir / TRAINING_STATE_FILE, weights_only=False)
+        state = torch.load(self.resume_dir / TRAINING_STATE_FILE, weights_only=True)
         if state["method"] != self.method:
             raise ConfigError(
                 f"resume checkpoint was trained with method={state['method']}, the config says {self.method}"
