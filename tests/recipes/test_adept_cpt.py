@@ -36,14 +36,15 @@ def run(out: Path, *overrides: str) -> None:
     assert adept_cpt.main(["--config", "tiny_demo", f"output_dir={out}", *overrides]) == 0
 
 
-def losses(out: Path) -> dict[int, float]:
-    """Step -> loss from the run's DiskLogger files."""
+def losses(out: Path, metric: str = "loss") -> dict[int, float]:
+    """Step -> ``metric`` (loss, lr, ...) from the run's DiskLogger files."""
     found: dict[int, float] = {}
     for log in sorted((out / "logs").glob("log_*.txt")):
         for line in log.read_text().splitlines():
-            match = re.match(r"Step (\d+) \| loss:(\S+) ", line)
-            if match:
-                found[int(match.group(1))] = float(match.group(2))
+            step = re.match(r"Step (\d+) \|", line)
+            value = re.search(rf"(?:\| | ){metric}:(\S+)", line)
+            if step and value:
+                found[int(step.group(1))] = float(value.group(1))
     return found
 
 
@@ -148,6 +149,12 @@ def test_resume_gives_the_uninterrupted_run(tmp_path: Path) -> None:
     assert sorted(straight) == sorted(resumed) == list(range(1, 21))
     for step in straight:
         assert abs(straight[step] - resumed[step]) <= 1e-6, step
+    # Base LR of the schedule and the per-unit scales logged at each refresh are identical too.
+    for metric in ("lr", "scale/layers.4.attn.q_proj.weight", "scale/layers.6.mlp.w2.weight"):
+        assert losses(tmp_path / "straight", metric) == losses(tmp_path / "resumed", metric), metric
+    assert (
+        len(losses(tmp_path / "resumed", "scale/layers.4.attn.q_proj.weight")) == 4
+    )  # steps 4..16
     a, b = hf_tensors(tmp_path / "straight" / "final"), hf_tensors(tmp_path / "resumed" / "final")
     assert all(torch.equal(a[k], b[k]) for k in a)
 
