@@ -26,6 +26,21 @@ TINY_QWEN3 = dict(
     rope_theta=1_000_000.0,
     tie_word_embeddings=False,
 )
+# Unit names inside one Qwen3 layer, in named_parameters() order (spec S2.1: 11 units).
+QWEN3_LAYER_UNITS = (
+    "attn.q_proj.weight",
+    "attn.k_proj.weight",
+    "attn.v_proj.weight",
+    "attn.output_proj.weight",
+    "attn.q_norm.scale",
+    "attn.k_norm.scale",
+    "mlp.w1.weight",
+    "mlp.w2.weight",
+    "mlp.w3.weight",
+    "sa_norm.scale",
+    "mlp_norm.scale",
+)
+
 TINY_LLAMA = dict(
     model_type="llama",
     vocab_size=128,

@@ -19,7 +19,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
-from conftest import TINY_QWEN3, save_hf_model
+from conftest import QWEN3_LAYER_UNITS, TINY_QWEN3, save_hf_model
 from importance_fixtures import IGNORE, pad_batches
 from torch import nn
 from torchtune import training
@@ -37,19 +37,6 @@ from adept_components.importance import unit_importance
 
 META = ExpansionMetadata(base_num_layers=4, source_layers=(1, 3))
 COPIES = META.copy_positions  # [2, 5]
-QWEN3_LAYER_UNITS = (
-    "attn.q_proj.weight",
-    "attn.k_proj.weight",
-    "attn.v_proj.weight",
-    "attn.output_proj.weight",
-    "attn.q_norm.scale",
-    "attn.k_norm.scale",
-    "mlp.w1.weight",
-    "mlp.w2.weight",
-    "mlp.w3.weight",
-    "sa_norm.scale",
-    "mlp_norm.scale",
-)
 UNITS = [f"layers.{layer}.{unit}" for layer in COPIES for unit in QWEN3_LAYER_UNITS]
 VOCAB = TINY_QWEN3["vocab_size"]
 # (sample length, masked prompt length) per probe sample: text and instruction-style samples.

@@ -6,26 +6,12 @@ import math
 from pathlib import Path
 
 import torch
-from conftest import TINY_QWEN3
+from conftest import QWEN3_LAYER_UNITS, TINY_QWEN3
 from torch import nn
 
 from adept_components.expansion import freeze_all_but
 from adept_components.models import model_from_hf_config
 
-# Unit names inside one layer, in named_parameters() order (spec S2.1: 11 for Qwen3, 9 Llama).
-QWEN3_LAYER_UNITS = (
-    "attn.q_proj.weight",
-    "attn.k_proj.weight",
-    "attn.v_proj.weight",
-    "attn.output_proj.weight",
-    "attn.q_norm.scale",
-    "attn.k_norm.scale",
-    "mlp.w1.weight",
-    "mlp.w2.weight",
-    "mlp.w3.weight",
-    "sa_norm.scale",
-    "mlp_norm.scale",
-)
 LLAMA_LAYER_UNITS = tuple(
     u for u in QWEN3_LAYER_UNITS if u not in ("attn.q_norm.scale", "attn.k_norm.scale")
 )
