@@ -14,6 +14,7 @@ from adept_components.config import (
     ConfigError,
     available_configs,
     config_description,
+    config_recipe,
     resolve_config,
 )
 
@@ -41,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
         width = max(len(n) for n in names)
         print(f"{'RECIPE':<10} {'CONFIG':<{width}}  DESCRIPTION")
         for name in names:
-            print(f"{'adept_cpt':<10} {name:<{width}}  {config_description(name)}")
+            print(f"{config_recipe(name):<10} {name:<{width}}  {config_description(name)}")
         return 0
 
     try:

@@ -10,6 +10,7 @@ This is the one module of ``adept_components`` that knows about OmegaConf.
 from __future__ import annotations
 
 import difflib
+import re
 from importlib import resources
 from pathlib import Path
 
@@ -52,6 +53,14 @@ def config_description(name: str) -> str:
         if line.startswith("#") and line.strip("# "):
             return line.lstrip("# ").strip()
     return ""
+
+
+def config_recipe(name: str) -> str:
+    """The recipe a shipped config is for, from its ``tune run RECIPE --config NAME`` line."""
+    match = re.search(
+        rf"tune run (\S+) --config {re.escape(name)}\b", resolve_config(name).read_text()
+    )
+    return match.group(1) if match else "adept_cpt"
 
 
 def resolve_config(name_or_path: str) -> Path:

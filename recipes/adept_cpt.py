@@ -50,6 +50,7 @@ from tqdm import tqdm
 from adept_components.checkpointing import HFCheckpointer, check_state_dict_matches
 from adept_components.config import ConfigError, load_config
 from adept_components.data import probe_batches
+from adept_components.evaluation import retention_from_canary
 from adept_components.expansion import (
     ExpansionMetadata,
     expand_model,
@@ -583,6 +584,12 @@ class AdeptCPTRecipe:
             path = self.output_dir / "canary.json"
             path.write_text(json.dumps(self.canary_history, indent=2))
             lines.append(f"canary: {path}")
+            report = retention_from_canary(self.canary_history, self.output_dir)
+            general, domain = report["general"]["loss_delta"], report["domain"]["loss_delta"]
+            lines.append(
+                f"retention: {self.output_dir / 'retention.md'} (+ .json, .png, canary.png); "
+                f"loss change general {general:+.4f}, domain {domain:+.4f}"
+            )
         for key in ("json", "layers", "units"):
             if key in getattr(self, "profile_files", {}):
                 lines.append(f"layer profile ({key}): {self.profile_files[key]}")

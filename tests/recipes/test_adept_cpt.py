@@ -79,6 +79,9 @@ def test_tiny_demo_end_to_end(tmp_path: Path) -> None:
         for f in ("layer_importance.json", "layer_importance_layers.png")
     )
     assert (out / "unit_scales.png").is_file()
+    retention = json.loads((out / "retention.json").read_text())
+    assert retention["domain"]["loss_delta"] < -0.5  # the domain improved
+    assert all((out / f).is_file() for f in ("retention.md", "retention.png", "canary.png"))
 
     meta = ExpansionMetadata.from_json(
         json.loads((out / "final" / "adept_expansion.json").read_text())
