@@ -3,8 +3,14 @@
 Three real recipe runs on CPU, each a separate ``tune run`` process, on one model and the same
 data: torchtune 0.6.1's ``full_finetune_single_device`` (the baseline), our recipe with
 ``method=full`` (every weight trains, for reference) and our recipe with ``method=adept``
-(stage 1 probes the base model and copies the ``k`` least critical layers, stage 2 trains only
-the copies, one AdamW param group per unit).
+(stage 1 expands ``k`` layers with function-preserving copies, stage 2 trains only the copies,
+one AdamW param group per unit).
+
+Which layers are copied decides the cost: the backward pass runs from the top down to the
+lowest copy. On random weights the stage-1 probe picks arbitrary layers (``--probe``; one run
+picked base layer 0, so the backward went through almost the whole model), so by default the
+copies sit where the paper found them on trained Qwen3 models (``paper_like_sources``: from
+72 % depth up, base layers 12-15 of 16) and ``expansion.layers`` names them.
 
 The model. torchtune 0.6.1 has no Qwen3, so the model is one both recipes build: a Llama 3
 architecture (GQA, SwiGLU, RMSNorm, RoPE), random init, written as a Hugging Face directory
@@ -360,21 +366,30 @@ def command_for(name: str, configs: dict[str, Path], output_dir: Path) -> list[s
     ]
 
 
-def child_env() -> dict[str, str]:
-    """This folder on PYTHONPATH, so torchtune can import ``recipe_ordered_chunks``."""
+def child_env(threads: int | None = None) -> dict[str, str]:
+    """This folder on PYTHONPATH, so torchtune can import ``recipe_ordered_chunks``.
+
+    ``threads`` pins torch's intra-op threads (``OMP_NUM_THREADS``). With 2 threads on 2 cores
+    and another job on one of them, every parallel region waits for the descheduled thread and
+    small steps slow down 10x or more, erratically; 1 thread degrades gracefully.
+    """
     env = dict(os.environ)
+    if threads:
+        env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
     here = str(Path(__file__).resolve().parent)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (here, env.get("PYTHONPATH")) if p)
     env.setdefault("HF_HUB_OFFLINE", "1")
     return env
 
 
-def run_process(command: list[str], log_path: Path) -> tuple[int, float, int]:
+def run_process(
+    command: list[str], log_path: Path, threads: int | None = None
+) -> tuple[int, float, int]:
     """Run ``command``; return its exit code, wall time and peak RSS in bytes (``os.wait4``)."""
     start = time.perf_counter()
     with open(log_path, "w") as log:
         proc = subprocess.Popen(
-            command, stdout=log, stderr=subprocess.STDOUT, env=child_env(), cwd=REPO
+            command, stdout=log, stderr=subprocess.STDOUT, env=child_env(threads), cwd=REPO
         )
         _, status, usage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)  # already reaped by wait4
@@ -414,14 +429,21 @@ def parse_steps(log_dir: Path, tokens_per_step: int) -> tuple[list[float], list[
     return [times[s] for s in steps], [losses[s] for s in steps]
 
 
-def execute(name: str, repeat: int, configs: dict[str, Path], shape: Shape, work: Path) -> Run:
+def execute(
+    name: str,
+    repeat: int,
+    configs: dict[str, Path],
+    shape: Shape,
+    work: Path,
+    threads: int | None,
+) -> Run:
     output_dir = work / "runs" / f"{name}-r{repeat}"
     shutil.rmtree(output_dir, ignore_errors=True)
     output_dir.mkdir(parents=True)
     run = Run(name, repeat, command_for(name, configs, output_dir), output_dir=output_dir)
     run.load_before = os.getloadavg()[0]
     log_path = work / "runs" / f"{name}-r{repeat}.log"
-    status, run.wall_s, run.peak_rss = run_process(run.command, log_path)
+    status, run.wall_s, run.peak_rss = run_process(run.command, log_path, threads)
     if status != 0:
         tail = "\n".join(log_path.read_text().splitlines()[-30:])
         raise RuntimeError(f"{' '.join(run.command)} exited with {status}:\n{tail}")
@@ -444,6 +466,18 @@ def wait_for_quiet(max_load: float, timeout_s: float) -> float:
 
 
 # --------------------------------------------------------------------- first principles
+
+
+def paper_like_sources(num_layers: int, k: int) -> list[int]:
+    """``k`` consecutive base layers from 72 % depth up (at least ending at the last layer).
+
+    The paper's Qwen3-8B selection is 26, 28, 29, 30 of 36 layers: the lowest copy, which sets
+    how deep the backward pass goes, follows layer 26, at 72 % depth (Qwen3-1.7B: 22 of 28,
+    79 %). On random weights stage 1 would choose arbitrary layers (``--probe``), so the
+    benchmark places the copies where the paper found them on trained models.
+    """
+    lowest = min(round(0.72 * num_layers), num_layers - k)
+    return list(range(lowest, lowest + k))
 
 
 def copy_positions(sources: list[int]) -> list[int]:
@@ -548,7 +582,8 @@ def print_report(
     ref = summary.get("torchtune_full")
     print()
     print(
-        f"Llama-3 architecture, random init, fp32, CPU ({torch.get_num_threads()} threads): "
+        f"Llama-3 architecture, random init, fp32, CPU "
+        f"({args.threads or torch.get_num_threads()} threads): "
         f"{shape.layers} layers, dim {shape.dim}, MLP {shape.intermediate}, "
         f"{shape.heads} heads / {shape.kv_heads} KV heads, vocab {shape.vocab}; "
         f"batch {shape.batch_size} x {shape.seq_len} tokens; AdamW (lr 3e-4, wd 0.01), cosine "
@@ -559,7 +594,11 @@ def print_report(
         print(
             f"ADEPT: k={shape.k} copies of base layers {sources} at positions "
             f"{copy_positions(sources)} of {shape.layers + shape.k}"
-            + (" (given)" if args.copy_sources else " (chosen by the stage-1 mask-out probe)")
+            + (
+                " (chosen by the stage-1 mask-out probe on random weights)"
+                if args.probe
+                else " (given: the paper's depth, see paper_like_sources)"
+            )
         )
     print(f"Import baseline (torch + torchtune + adept_cpt): {gib(baseline)} GiB peak RSS")
     print()
@@ -652,7 +691,12 @@ def main(argv: list[str] | None = None) -> None:
         type=int,
         nargs="+",
         default=None,
-        help="base layers to copy (default: stage 1's probe chooses)",
+        help="base layers to copy (default: k layers from 72%% depth up, as the paper's Qwen3-8B)",
+    )
+    parser.add_argument(
+        "--probe",
+        action="store_true",
+        help="let stage 1's mask-out probe choose the layers (on random weights: arbitrary)",
     )
     parser.add_argument("--probe-samples", type=int, default=16, help="stage-1 probe size")
     parser.add_argument("--steps", type=int, default=12, help="optimizer steps per run")
@@ -660,12 +704,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=2, help="runs of each recipe")
     parser.add_argument("--runs", nargs="+", choices=RUNS, default=list(RUNS))
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/adept_cpu_vs_full"))
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch threads per run (default: torch's)"
+    )
     parser.add_argument("--max-load", type=float, default=1.0, help="wait for a quieter machine")
     parser.add_argument("--max-wait", type=float, default=600.0, help="seconds, per run")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args(argv)
     if args.warmup >= args.steps:
         parser.error(f"--warmup {args.warmup} leaves no timed step of --steps {args.steps}")
+    if args.probe and args.copy_sources:
+        parser.error("--probe and --copy-sources exclude each other")
+    if not args.probe and not args.copy_sources:
+        args.copy_sources = paper_like_sources(args.layers, args.k)
 
     print("$ python " + " ".join(sys.argv))
     shape = Shape(
@@ -695,7 +746,7 @@ def main(argv: list[str] | None = None) -> None:
         for name in names:
             wait_for_quiet(args.max_load, args.max_wait)
             print(f"  {name} (repeat {repeat}) ...", flush=True)
-            run = execute(name, repeat, configs, shape, work)
+            run = execute(name, repeat, configs, shape, work, args.threads)
             print(
                 f"    {run.wall_s:.0f}s, peak RSS {gib(run.peak_rss)} GiB, median step "
                 f"{statistics.median(run.step_times[args.warmup :]):.3f}s, losses "

@@ -64,6 +64,7 @@ BENCH_DIR = Path(__file__).resolve().parent
 CACHE_DIR = BENCH_DIR / ".cache" / "forgetting"
 RESULTS_DIR = BENCH_DIR / "results"
 TOKENIZER_FILES = ("vocab.json", "merges.txt", "tokenizer.json")
+METHODS = ("full", "llama_pro", "no_stage2", "adept")
 GENERAL_HELDOUT = DEMO_DIR / "general_heldout.txt"
 DOMAIN_HELDOUT = DEMO_DIR / "domain_heldout.txt"
 
@@ -84,6 +85,7 @@ class Setting:
     k: int
     refresh_every: int
     min_scale: float
+    separate_norm_range: bool
     canary_every: int
     canary_samples: int | None  # None: every paragraph of the held-out files
     seed: int
@@ -110,6 +112,7 @@ FULL_SETTING = Setting(
     k=3,
     refresh_every=25,
     min_scale=0.0,
+    separate_norm_range=False,
     canary_every=25,
     canary_samples=None,
     seed=0,
@@ -334,6 +337,7 @@ def recipe_overrides(
         f"expansion.num_layers={setting.k}",
         f"unit_tuning.refresh_every={setting.refresh_every}",
         f"unit_tuning.min_scale={setting.min_scale}",
+        f"unit_tuning.separate_norm_range={setting.separate_norm_range}",
         f"canary.every_n_steps={setting.canary_every}",
         f"canary.general.num_samples={general}",
         f"canary.general.max_seq_len={s}",
@@ -475,7 +479,7 @@ def plot(results: list[RunResult], title: str, path: Path) -> Path:
     for r in results:
         index = seen[r.method] = seen.get(r.method, -1) + 1
         style = {"color": _COLORS.get(r.method, "gray"), "linestyle": styles[index % 4]}
-        label = f"{r.name} (lr {r.lr:g})"
+        label = f"{r.method} (lr {r.lr:g})"
         steps = [0] + [p["step"] for p in r.curve]
         gen = [0.0] + [p["general_loss"] - p["general_base"] for p in r.curve]
         dom = [r.domain_base] + [p["domain_loss"] for p in r.curve]
@@ -516,6 +520,17 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--k", type=int, help="layers to expand (adept, no_stage2, llama_pro)")
     parser.add_argument("--refresh-every", type=int, help="ADEPT unit re-scoring interval")
     parser.add_argument("--min-scale", type=float, help="ADEPT scale of the most critical unit")
+    parser.add_argument(
+        "--separate-norm-range",
+        action="store_true",
+        default=None,
+        help="ADEPT: normalise norm and matrix unit scores separately (spec S2.3 option)",
+    )
+    parser.add_argument(
+        "--methods",
+        default="full,llama_pro,no_stage2,adept",
+        help="comma-separated subset of full,llama_pro,no_stage2,adept (default: all)",
+    )
     parser.add_argument("--pretrain-steps", type=int, help="base-model pretraining steps")
     parser.add_argument("--seed", type=int)
     parser.add_argument("--tag", default="", help="suffix of the result files, e.g. _lr5e-4")
@@ -531,6 +546,7 @@ def setting_from(args: argparse.Namespace) -> Setting:
         "k": args.k,
         "refresh_every": args.refresh_every,
         "min_scale": args.min_scale,
+        "separate_norm_range": args.separate_norm_range,
         "pretrain_steps": args.pretrain_steps,
         "seed": args.seed,
     }
@@ -540,11 +556,17 @@ def setting_from(args: argparse.Namespace) -> Setting:
     return setting
 
 
-def run_specs(setting: Setting) -> list[RunSpec]:
-    specs = [RunSpec("full", "full", setting.lr)]
-    if setting.full_lr is not None and setting.full_lr != setting.lr:
-        specs.append(RunSpec(f"full_lr{setting.full_lr:g}", "full", setting.full_lr))
-    specs += [RunSpec(m, m, setting.lr) for m in ("llama_pro", "no_stage2", "adept")]
+def run_specs(setting: Setting, methods: list[str]) -> list[RunSpec]:
+    """The runs, in the order of the table: ``full`` (at ``lr``, then ``full_lr``) first."""
+    unknown = sorted(set(methods) - set(METHODS))
+    if unknown:
+        raise SystemExit(f"--methods: unknown {unknown}; use a subset of {','.join(METHODS)}")
+    specs = []
+    if "full" in methods:
+        specs.append(RunSpec("full", "full", setting.lr))
+        if setting.full_lr is not None and setting.full_lr != setting.lr:
+            specs.append(RunSpec(f"full_lr{setting.full_lr:g}", "full", setting.full_lr))
+    specs += [RunSpec(m, m, setting.lr) for m in METHODS[1:] if m in methods]
     return specs
 
 
@@ -559,15 +581,17 @@ def main(argv: list[str] | None = None) -> int:
 
     base_dir, pretrain_record, built = ensure_base_model(setting)
     runs_dir = CACHE_DIR / f"runs{tag}"
-    results = [run_method(setting, spec, base_dir, runs_dir) for spec in run_specs(setting)]
+    specs = run_specs(setting, [m.strip() for m in args.methods.split(",") if m.strip()])
+    results = [run_method(setting, spec, base_dir, runs_dir) for spec in specs]
     total = time.perf_counter() - start
 
     arch = setting.architecture
     title = (
         f"{arch.num_layers}-layer Qwen3 (dim {arch.embed_dim}) pretrained on Austen, CPT on "
         f"Metamath maths: {setting.steps} steps × {setting.batch_size}×{setting.seq_len} tokens, "
-        f"k={setting.k}, refresh every {setting.refresh_every}, min_scale {setting.min_scale:g}, "
-        f"seed {setting.seed}"
+        f"k={setting.k}, refresh every {setting.refresh_every}, min_scale {setting.min_scale:g}"
+        + (", separate norm range" if setting.separate_norm_range else "")
+        + f", seed {setting.seed}"
     )
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     png = plot(results, title, RESULTS_DIR / f"forgetting{tag}.png")

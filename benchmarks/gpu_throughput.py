@@ -229,10 +229,10 @@ def random_init_(model: torch.nn.Module, copy_positions: list[int]) -> None:
 
 def measure(spec: Spec) -> dict[str, Any]:
     """Build the model, hand it to the recipe and time its training step."""
+    import adept_cpt
     from torchtune import config as tt_config
     from torchtune import training
 
-    import adept_cpt
     from adept_components.data import PackedText
     from adept_components.data.packed_text import CorpusInfo
     from adept_components.expansion import ExpansionMetadata, expand_model, freeze_all_but

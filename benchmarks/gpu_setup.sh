@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Python packages for benchmarks/gpu_throughput.py on the GPU machine, from wheels carried along.
+#
+# That machine has python3 3.12 with torch (and numpy, safetensors, tqdm, matplotlib,
+# huggingface-hub, pyarrow, pandas, xxhash, pyyaml, setuptools, ...) but no package index and
+# none of: torchtune, torchao, omegaconf, datasets (torchtune 0.6.1 imports it when imported),
+# dill and multiprocess (datasets needs both when imported). Those six are the whole set
+# `import torchtune, adept_cpt` needs there; torchdata, tiktoken, sentencepiece, blobfile and
+# kagglehub are torchtune requirements the benchmark never imports. setuptools is downloaded
+# only for the isolated build of the editable install of this package.
+#
+#   here (PyPI reachable):  bash benchmarks/gpu_setup.sh download   # -> benchmarks/wheels/ (~10 MB)
+#   on the GPU machine:     bash benchmarks/gpu_setup.sh install
+#   then:                   python3 benchmarks/gpu_throughput.py --json "$OUT/gpu_throughput.json"
+#
+# benchmarks/wheels/ must never be committed: `download` writes a .gitignore of `*` into it, so
+# git ignores the folder, and a device run must name it in `carry` to take it along.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+WHEELS=${WHEELS:-benchmarks/wheels}
+PYTHON=${PYTHON:-python3}
+TARGET_PYTHON=${TARGET_PYTHON:-3.12}  # the GPU machine's python3
+RUNTIME=(
+  torchtune==0.6.1
+  torchao==0.15.0  # 0.16 breaks `import torchtune` 0.6.1; the abi3 manylinux wheel fits 3.12
+  omegaconf==2.4.0
+  datasets==5.2.0
+  dill==0.4.1
+  multiprocess==0.70.19  # per-Python-version wheel: fetched for TARGET_PYTHON
+)
+BUILD=(setuptools==84.2.1)
+
+case "${1:-}" in
+  download)
+    mkdir -p "$WHEELS"
+    echo "*" >"$WHEELS/.gitignore"  # git ignores the folder: never committed, carried instead
+    "$PYTHON" -m pip download --no-deps --only-binary=:all: \
+      --python-version "$TARGET_PYTHON" --implementation cp \
+      --platform manylinux_2_28_x86_64 --platform manylinux_2_24_x86_64 \
+      --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+      -d "$WHEELS" "${RUNTIME[@]}" "${BUILD[@]}"
+    ls -l "$WHEELS"
+    ;;
+  install)
+    "$PYTHON" -m pip install --quiet --no-index --no-deps --find-links "$WHEELS" "${RUNTIME[@]}"
+    # Build isolation takes setuptools from the wheels folder, leaving the machine's own alone.
+    "$PYTHON" -m pip install --quiet --no-index --no-deps --find-links "$WHEELS" -e .
+    "$PYTHON" -c "import torch, torchtune, adept_cpt, adept_components; \
+print('ready: torch', torch.__version__, 'torchtune', torchtune.__version__)"
+    ;;
+  *)
+    echo "usage: bash $0 download|install" >&2
+    exit 2
+    ;;
+esac
