@@ -1,10 +1,16 @@
 """Benchmark: ``tune run adept_cpt`` (method=adept) against torchtune's own full fine-tuning recipe.
 
-Three real recipe runs on CPU, each a separate ``tune run`` process, on one model and the same
-data: torchtune 0.6.1's ``full_finetune_single_device`` (the baseline), our recipe with
+Four real recipe runs on CPU, each a separate ``tune run`` process, on one model and the same
+data: torchtune 0.6.1's ``full_finetune_single_device`` (the baseline), the same with
+activation checkpointing (as 18 of its 20 shipped full-finetune configs set it), our recipe with
 ``method=full`` (every weight trains, for reference) and our recipe with ``method=adept``
 (stage 1 expands ``k`` layers with function-preserving copies, stage 2 trains only the copies,
-one AdamW param group per unit).
+one AdamW param group per unit). Everything else is equal: fp32, no activation checkpointing
+(except in that one run), no compile, the same AdamW, schedule, clipping and chunked loss.
+
+The default shape has 28 layers and ``k = 4``: the depth and ``k`` of the ``qwen3_1_7b_*``
+configs (Qwen3-4B/8B: 4 of 36; ``llama3_1_8b_*``: 8 of 32, the ratio of ``--layers 16``), at
+width 512 so that it runs on a laptop CPU.
 
 Which layers are copied decides the cost: the backward pass runs from the top down to the
 lowest copy. On random weights the stage-1 probe picks arbitrary layers (``--probe``; one run
@@ -36,17 +42,18 @@ time of one optimizer step, data fetch + forward + loss + backward + clipping + 
 schedule, with nothing else inside (no checkpoint, canary or unit refresh falls within the timed
 steps). The table gives the median over the steps after ``--warmup``, over all ``--repeats``.
 
-What is measured for memory. Peak resident set size of each ``tune run`` process, from
-``os.wait4`` (the kernel's ``ru_maxrss`` of that one child, exact, no sampling; unlike
-``getrusage(RUSAGE_CHILDREN)``, which gives the largest of all children waited for so far).
-It covers the whole run, loading included; for every run here the peak is reached during
-training. ``above imports`` subtracts the peak RSS of a process that only imports torch,
-torchtune and the recipe module.
+What is measured for memory. Peak resident set size of each ``tune run`` process: the kernel's
+``ru_maxrss`` of that one process, from ``os.wait4`` in a small launcher process (exact, no
+sampling; ``getrusage(RUSAGE_CHILDREN)`` would give the largest of all children so far, and a
+child forked straight from this script would be charged this script's own RSS). It covers the
+whole run, loading included; loading holds at most two copies of the weights (~0.5 GiB), below
+the training peak. ``above imports`` subtracts the peak RSS of a process that only imports
+torch, torchtune and the recipe module.
 
-Run from the repository root (nothing is downloaded; about 10 minutes on 2 CPU cores)::
+Run from the repository root (nothing is downloaded; about 11 minutes on 2 quiet CPU cores)::
 
     python benchmarks/cpu_vs_full_finetune.py
-    python benchmarks/cpu_vs_full_finetune.py --steps 12 --repeats 2 --workdir /tmp/adept_vs_full
+    python benchmarks/cpu_vs_full_finetune.py --repeats 3 --threads 1 --workdir /tmp/adept_vs_full
 
 It prints the command, the setup, a markdown table with the three runs and the ratios, each
 run's own numbers, and the first-principles estimates of compute and memory beside them.
@@ -72,9 +79,10 @@ from torch.utils.data import Dataset
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "adept_components" / "assets" / "demo"
-RUNS = ("torchtune_full", "adept_cpt_full", "adept_cpt_adept")
+RUNS = ("torchtune_full", "torchtune_full_ac", "adept_cpt_full", "adept_cpt_adept")
 LABELS = {
     "torchtune_full": "torchtune `full_finetune_single_device`",
+    "torchtune_full_ac": "torchtune `full_finetune_single_device` + activation ckpt",
     "adept_cpt_full": "adept_cpt `method=full`",
     "adept_cpt_adept": "adept_cpt `method=adept`",
 }
@@ -345,7 +353,7 @@ class Run:
 
 
 def command_for(name: str, configs: dict[str, Path], output_dir: Path) -> list[str]:
-    if name == "torchtune_full":
+    if name.startswith("torchtune_full"):
         return [
             "tune",
             "run",
@@ -353,6 +361,7 @@ def command_for(name: str, configs: dict[str, Path], output_dir: Path) -> list[s
             "--config",
             str(configs["torchtune"]),
             f"output_dir={output_dir}",
+            f"enable_activation_checkpointing={name == 'torchtune_full_ac'}",
         ]
     method = name.removeprefix("adept_cpt_")
     return [
@@ -382,18 +391,41 @@ def child_env(threads: int | None = None) -> dict[str, str]:
     return env
 
 
+# Runs one command and reports its exit status, wall time and peak RSS (KiB). It is a small
+# process (``python -S``, stdlib only) between this script and the measured one because Linux
+# charges a child's ``ru_maxrss`` with the RSS of the process it was forked (or vforked) from,
+# as it was at exec: launched straight from this script, which holds torch and the base model,
+# every run would read at least this script's ~0.9 GiB.
+_LAUNCHER = """
+import json, os, subprocess, sys, time
+start = time.perf_counter()
+with open(sys.argv[1], "w") as log:
+    proc = subprocess.Popen(sys.argv[2:], stdout=log, stderr=subprocess.STDOUT)
+    _, status, usage = os.wait4(proc.pid, 0)
+proc.returncode = os.waitstatus_to_exitcode(status)
+print(json.dumps([proc.returncode, time.perf_counter() - start, usage.ru_maxrss]))
+"""
+
+
 def run_process(
     command: list[str], log_path: Path, threads: int | None = None
 ) -> tuple[int, float, int]:
-    """Run ``command``; return its exit code, wall time and peak RSS in bytes (``os.wait4``)."""
-    start = time.perf_counter()
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen(
-            command, stdout=log, stderr=subprocess.STDOUT, env=child_env(threads), cwd=REPO
-        )
-        _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)  # already reaped by wait4
-    return proc.returncode, time.perf_counter() - start, usage.ru_maxrss * 1024  # KiB on Linux
+    """Run ``command``; return its exit code, wall time and peak RSS in bytes.
+
+    The peak is the kernel's ``ru_maxrss`` of that one process, from ``os.wait4`` in a small
+    launcher (see ``_LAUNCHER``): exact, no sampling, and unlike
+    ``getrusage(RUSAGE_CHILDREN)`` not the largest of all children waited for so far.
+    """
+    out = subprocess.run(
+        [sys.executable, "-S", "-c", _LAUNCHER, str(log_path), *command],
+        capture_output=True,
+        text=True,
+        env=child_env(threads),
+        cwd=REPO,
+        check=True,
+    )
+    status, wall_s, maxrss_kib = json.loads(out.stdout.strip().splitlines()[-1])
+    return status, wall_s, maxrss_kib * 1024  # KiB on Linux
 
 
 def import_baseline_rss(work: Path) -> int:
@@ -449,7 +481,11 @@ def execute(
         raise RuntimeError(f"{' '.join(run.command)} exited with {status}:\n{tail}")
     # torchtune counts labels before its shift (b·s); adept_cpt counts supervised targets after
     # it (b·(s−1)): each rate is divided back by its own count.
-    tokens = shape.tokens if name == "torchtune_full" else shape.batch_size * (shape.seq_len - 1)
+    tokens = (
+        shape.tokens
+        if name.startswith("torchtune_full")
+        else shape.batch_size * (shape.seq_len - 1)
+    )
     run.step_times, run.losses = parse_steps(output_dir / "logs", tokens)
     return run
 
@@ -492,7 +528,7 @@ def estimates(shape: Shape, sources: list[int]) -> dict[str, dict[str, float]]:
       and values over ``c = (s+1)/2`` causal positions on average), the head's ``H = 2·V·d``.
       Backward of a matmul costs one forward for the input gradient and one for the weight
       gradient.
-      full:  3·(L·F + H)
+      full:  3·(L·F + H)            (+ L·F with activation checkpointing: the recompute)
       ADEPT: (L+k)·F + H             forward through all L + k layers
              + H                     input gradient of the (frozen) head
              + (L+k−p)·F             input gradients of every layer from the top down to the
@@ -534,12 +570,20 @@ def estimates(shape: Shape, sources: list[int]) -> dict[str, dict[str, float]]:
         "trainable": n_copies,
         "params": n_adept,
     }
-    for e in (full, adept):
+    # Activation checkpointing (torchtune wraps every layer): each layer keeps only its input
+    # (d floats per token), one layer's activations live again while it is recomputed, and
+    # every layer's forward runs twice.
+    full_ac = {
+        **full,
+        "flops": full["flops"] + tokens * L * F,
+        "activations": tokens * (L * d * 4 + trained_act + head_act),
+    }
+    for e in (full, full_ac, adept):
         e["memory"] = e["weights"] + e["grads"] + e["adamw"] + e["activations"]
         # AdamW + clipping touch ~40 bytes per trainable parameter (read p, g, m, v; write
         # p, m, v; read and scale g): memory-bound, not in the FLOP count.
         e["optimizer_bytes"] = 40 * e["trainable"]
-    return {"full": full, "adept": adept}
+    return {"full": full, "full_ac": full_ac, "adept": adept}
 
 
 # ------------------------------------------------------------------------------- report
@@ -568,6 +612,13 @@ def summarise(runs: list[Run], warmup: int, baseline: int) -> dict[str, dict[str
             "loss_last": mine[0].losses[-1],
         }
     return out
+
+
+def estimate_kind(name: str) -> str:
+    """Which first-principles estimate a run is compared with."""
+    if name.endswith("adept"):
+        return "adept"
+    return "full_ac" if name.endswith("_ac") else "full"
 
 
 def print_report(
@@ -609,12 +660,12 @@ def print_report(
     def row(label: str, cell) -> None:
         print(f"| {label} | " + " | ".join(cell(n) for n in names) + " |")
 
+    kind = {n: estimate_kind(n) for n in names}
     if est:
         row(
             "trainable / total parameters",
             lambda n: (
-                f"{est['adept' if n.endswith('adept') else 'full']['trainable'] / 1e6:.1f}M / "
-                f"{est['adept' if n.endswith('adept') else 'full']['params'] / 1e6:.1f}M"
+                f"{est[kind[n]]['trainable'] / 1e6:.1f}M / {est[kind[n]]['params'] / 1e6:.1f}M"
             ),
         )
     row(
@@ -646,7 +697,6 @@ def print_report(
                 ),
             )
     if est:
-        kind = {n: ("adept" if n.endswith("adept") else "full") for n in names}
         row("estimate: FLOPs per step", lambda n: f"{est[kind[n]]['flops'] / 1e9:.0f} G")
         row(
             "estimate: compute vs full",
@@ -677,7 +727,7 @@ def print_report(
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--layers", type=int, default=16, help="base model layers")
+    parser.add_argument("--layers", type=int, default=28, help="base model layers")
     parser.add_argument("--dim", type=int, default=512)
     parser.add_argument("--intermediate", type=int, default=1536, help="MLP width")
     parser.add_argument("--heads", type=int, default=8)
@@ -699,7 +749,7 @@ def main(argv: list[str] | None = None) -> None:
         help="let stage 1's mask-out probe choose the layers (on random weights: arbitrary)",
     )
     parser.add_argument("--probe-samples", type=int, default=16, help="stage-1 probe size")
-    parser.add_argument("--steps", type=int, default=12, help="optimizer steps per run")
+    parser.add_argument("--steps", type=int, default=14, help="optimizer steps per run")
     parser.add_argument("--warmup", type=int, default=2, help="first steps not timed")
     parser.add_argument("--repeats", type=int, default=2, help="runs of each recipe")
     parser.add_argument("--runs", nargs="+", choices=RUNS, default=list(RUNS))

@@ -42,10 +42,15 @@ checkpointing re-runs each wrapped layer's forward (``2·P + A`` more per layer)
 HFU (hardware FLOPs utilisation), which is printed beside it.
 
 Batch and activation checkpointing: ``full`` takes the largest of ``--batch-sizes`` that fits
-without checkpointing, else the largest that fits with it (8B full needs 16 bytes per
-parameter for bf16 weights, gradients and AdamW state: 131 GB before activations). ``adept``
-then runs at the same batch (the same tokens per step), without checkpointing unless that does
-not fit. A size that runs out of memory is retried smaller in a fresh process.
+without checkpointing, else the largest that fits with it. ``adept`` then runs at the same batch
+(the same tokens per step), without checkpointing unless that does not fit. A size that runs out
+of memory is retried smaller in a fresh process.
+
+Precision: bf16 weights and compute. The trained weights, their gradients and AdamW state are
+in ``--trainable-dtype``: default bf16 (pure bf16, 8 bytes per trained parameter), so that both
+models fit both methods; ``fp32`` is the shipped configs' ``trainable_dtype`` (fp32 weights
+under bf16 autocast), which for ``full`` means 16 bytes per parameter, 131 GB for Qwen3-8B
+before activations: no batch fits one H200 (141 GB), and the table says so.
 
 Run on the GPU machine (after ``bash benchmarks/gpu_setup.sh install``; under 10 minutes)::
 
@@ -106,6 +111,7 @@ class Spec:
     warmup: int
     device: str
     dtype: str
+    trainable_dtype: str
     grad_accum: int
 
 
@@ -194,6 +200,7 @@ def recipe_config(spec: Spec, output_dir: str) -> Any:
         "output_dir": output_dir,
         "device": spec.device,
         "dtype": spec.dtype,
+        "trainable_dtype": spec.trainable_dtype,
         "method": spec.method,
         "model": model,
         "batch_size": spec.batch_size,
@@ -383,6 +390,7 @@ def run_model(model: str, args: argparse.Namespace) -> list[dict[str, Any]]:
             warmup=args.warmup,
             device=args.device,
             dtype=args.dtype,
+            trainable_dtype=args.trainable_dtype,
             grad_accum=args.grad_accum,
         )
 
@@ -466,6 +474,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tiny", action="store_true", help="a tiny Qwen3 (CPU smoke test)")
     parser.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
     parser.add_argument("--dtype", default="bf16", choices=["bf16", "fp32"])
+    parser.add_argument(
+        "--trainable-dtype",
+        default="bf16",
+        choices=["bf16", "fp32"],
+        help="dtype of the trained weights, gradients and AdamW state (the configs: fp32)",
+    )
     parser.add_argument("--seq-len", type=int, default=None, help="default 4096 (tiny: 128)")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[4, 2, 1])
     parser.add_argument("--ac", choices=["auto", "on", "off"], default="auto")
@@ -494,7 +508,8 @@ def main(argv: list[str] | None = None) -> None:
         torch.cuda.get_device_name() if args.device == "cuda" else f"CPU ({os.cpu_count()} cores)"
     )
     print(
-        f"torch {torch.__version__}, {device}; {args.dtype}; seq {args.seq_len}; batch sizes "
+        f"torch {torch.__version__}, {device}; {args.dtype}, trained weights "
+        f"{args.trainable_dtype}; seq {args.seq_len}; batch sizes "
         f"tried {args.batch_sizes}; activation checkpointing {args.ac}; {args.steps} timed steps "
         f"after {args.warmup}; peak {args.peak_tflops} TFLOP/s"
     )

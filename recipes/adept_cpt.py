@@ -39,6 +39,7 @@ from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
     get_model_state_dict,
     get_optimizer_state_dict,
+    set_model_state_dict,
     set_optimizer_state_dict,
 )
 from torchtune import config as tt_config
@@ -79,6 +80,7 @@ from adept_components.optim import (
     resolve_optimizer_class,
     unit_optimizer,
 )
+from adept_components.precision import keep_trainable_in_fp32
 
 log = utils.get_logger("INFO")
 
@@ -133,6 +135,8 @@ class AdeptCPTRecipe:
         self.world_size, self.rank = utils.get_world_size_and_rank()
         self.is_rank_zero = self.rank == 0
         self.dtype = training.get_dtype(cfg.dtype, device=self.device)
+        # Trainable weights (and their gradients and AdamW state) in fp32 in a bf16 run.
+        self.fp32_trainable = cfg.get("trainable_dtype") == "fp32" and self.dtype != torch.float32
         self.seed = training.set_seed(cfg.seed)
         self.batch_size: int = cfg.batch_size
         self.grad_accum: int = cfg.get("gradient_accumulation_steps", 1)
@@ -288,8 +292,14 @@ class AdeptCPTRecipe:
     # ----------------------------------------------------------------------------- stage 2
 
     def setup_training(self) -> None:
-        """Distribute, then optimizer (one group per unit) -> LR schedule -> resume state."""
+        """Precision, distribute, then optimizer (one group per unit) -> LR schedule -> resume."""
         cfg = self.cfg
+        if self.fp32_trainable:
+            kept = keep_trainable_in_fp32(self.model, self.trainable_layers, self.dtype)
+            self._log(
+                f"Trainable weights in fp32 ({sum(p.numel() for m in kept for p in m.parameters()):,} "
+                f"parameters), computed in {cfg.dtype} under autocast"
+            )
         if cfg.get("enable_activation_checkpointing", False):
             training.set_activation_checkpointing(
                 self.model, auto_wrap_policy={TransformerSelfAttentionLayer}
@@ -547,12 +557,17 @@ class AdeptCPTRecipe:
         options = StateDictOptions(full_state_dict=True, cpu_offload=True)
         state = get_model_state_dict(self.model, options=options)
         train_state = self._training_state(options) if with_training_state else None
+        if train_state is not None:  # fp32 trainable weights, which the HF checkpoint rounds
+            train_state["fp32_weights"] = {
+                k: v for k, v in state.items() if v.is_floating_point() and v.dtype != self.dtype
+            }
         if self.is_rank_zero:
             start = time.perf_counter()
             self.checkpointer.save(
                 {_clean(k): v for k, v in state.items()},
                 architecture_of(self.model),
                 name,
+                dtype=self.dtype,
                 layer_sources=self.metadata.layer_sources if self.metadata else None,
                 extra_json=expansion_extra_json(self.metadata) if self.metadata else None,
                 extra_writer=(lambda d: torch.save(train_state, d / TRAINING_STATE_FILE))
@@ -716,6 +731,17 @@ class AdeptCPTRecipe:
             state["optimizer"],
             options=StateDictOptions(full_state_dict=True),
         )
+        if state.get("fp32_weights") and self.fp32_trainable:
+            result = set_model_state_dict(
+                self.model,
+                state["fp32_weights"],
+                options=StateDictOptions(full_state_dict=True, strict=False),
+            )
+            if result.unexpected_keys:
+                raise ConfigError(
+                    f"resume checkpoint {self.resume_dir} holds fp32 weights the model lacks "
+                    f"({sorted(result.unexpected_keys)[:3]} ...): resume with the run's own config"
+                )
         self.scheduler.load_state_dict(state["scheduler"])
         self.step = state["step"]
         self.canary_base = state["canary_base"]
@@ -778,6 +804,12 @@ def _validate(cfg: DictConfig) -> None:
         raise ConfigError(f"seed={cfg.seed!r} must be an integer")
     if cfg.dtype not in ("fp32", "bf16"):
         raise ConfigError(f"dtype={cfg.dtype!r}; use fp32 or bf16")
+    trainable_dtype = cfg.get("trainable_dtype")
+    if trainable_dtype not in (None, "fp32", cfg.dtype):
+        raise ConfigError(
+            f"trainable_dtype={trainable_dtype!r} with dtype={cfg.dtype}: use fp32 (trainable "
+            "weights kept in fp32) or null (the run's dtype)"
+        )
     if cfg.device not in ("cpu", "cuda") and not str(cfg.device).startswith("cuda:"):
         raise ConfigError(f"device={cfg.device!r}; use cpu or cuda")
     if str(cfg.device).startswith("cuda") and not torch.cuda.is_available():

@@ -162,6 +162,55 @@ def test_resume_gives_the_uninterrupted_run(tmp_path: Path) -> None:
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_bf16_run_with_fp32_copies_resumes_exactly(tmp_path: Path) -> None:
+    """dtype=bf16, trainable_dtype=fp32: the copies train in fp32, the HF checkpoint is bf16
+    with every non-copy weight the bf16 base's, and 6 steps straight == 3, resume, 3: the fp32
+    weights travel in the training state (the bf16 checkpoint alone would round them)."""
+    common = [
+        "dtype=bf16",
+        "trainable_dtype=fp32",
+        "max_steps=6",
+        "save_every_n_steps=0",
+        "unit_tuning.refresh_every=2",
+        "canary.every_n_steps=3",
+    ]
+    run(tmp_path / "straight", *common)
+    run(tmp_path / "resumed", *common, "stop_after_steps=3")
+    step_3 = tmp_path / "resumed" / "checkpoints" / "step_3"
+    fp32 = torch.load(step_3 / "training_state.pt", weights_only=True)["fp32_weights"]
+    meta = ExpansionMetadata.from_json(json.loads((step_3 / "adept_expansion.json").read_text()))
+    assert {int(k.split(".")[1]) for k in fp32} == set(meta.copy_positions)
+    assert all(v.dtype == torch.float32 for v in fp32.values())
+    saved = hf_tensors(step_3)
+    copy = meta.copy_positions[0]  # the HF checkpoint holds the fp32 weights, rounded
+    assert torch.equal(
+        saved[f"model.layers.{copy}.self_attn.q_proj.weight"],
+        fp32[f"layers.{copy}.attn.q_proj.weight"].to(torch.bfloat16),
+    )
+    assert any(  # the fp32 weights hold more than their bf16 rounding
+        not torch.equal(v, v.to(torch.bfloat16).float()) for v in fp32.values()
+    )
+    run(tmp_path / "resumed", *common, "resume_from_checkpoint=true")
+
+    straight, resumed = losses(tmp_path / "straight"), losses(tmp_path / "resumed")
+    assert sorted(straight) == sorted(resumed) == list(range(1, 7))
+    assert all(abs(straight[s] - resumed[s]) <= 1e-6 for s in straight), (straight, resumed)
+    final = hf_tensors(tmp_path / "straight" / "final")
+    assert final.keys() == hf_tensors(tmp_path / "resumed" / "final").keys()
+    assert all(
+        torch.equal(final[k], v) for k, v in hf_tensors(tmp_path / "resumed" / "final").items()
+    )
+    assert {v.dtype for v in final.values()} == {torch.bfloat16}
+    config = json.loads((tmp_path / "straight" / "final" / "config.json").read_text())
+    assert config["torch_dtype"] == "bfloat16"
+    for key, tensor in hf_tensors(BASE).items():
+        match = re.match(r"model\.layers\.(\d+)\.(.+)", key)
+        moved = (
+            f"model.layers.{meta.original_positions[int(match[1])]}.{match[2]}" if match else key
+        )
+        assert torch.equal(final[moved], tensor.to(torch.bfloat16)), key
+
+
 @pytest.mark.slow
 def test_two_gloo_ranks_match_one_process(tmp_path: Path) -> None:
     """FSDP2 on two ranks with batch 4 each == one process accumulating two batches of 4."""
@@ -264,6 +313,7 @@ _BAD = {
     "missing_dataset_file": (["dataset.source=/nonexistent/corpus.jsonl"], "does not exist"),
     "seq_len_too_long": (["dataset.max_seq_len=1024"], "dataset.max_seq_len=1024 exceeds"),
     "dtype": (["dtype=fp8"], "dtype='fp8'"),
+    "trainable_dtype": (["trainable_dtype=bf16"], "trainable_dtype='bf16' with dtype=fp32"),
     "missing_required": (["~optimizer"], "lacks required key(s) ['optimizer']"),
     "missing_optimizer_class": (["optimizer._component_=torch.optim.Adamm"], "Adamm"),
     "min_scale": (["unit_tuning.min_scale=3"], "min_scale"),
