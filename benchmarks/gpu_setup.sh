@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Python packages for benchmarks/gpu_throughput.py on the GPU machine, from wheels carried along.
 #
-# That machine has python3 3.12 with torch (and numpy, safetensors, tqdm, matplotlib,
-# huggingface-hub, pyarrow, pandas, xxhash, pyyaml, setuptools, ...) but no package index and
-# none of: torchtune, torchao, omegaconf, datasets (torchtune 0.6.1 imports it when imported),
-# dill and multiprocess (datasets needs both when imported). Those six are the whole set
-# `import torchtune, adept_cpt` needs there; torchdata, tiktoken, sentencepiece, blobfile and
+# That machine has python3 3.12 with torch 2.11 (and numpy, safetensors, tqdm, matplotlib,
+# huggingface-hub 1.33, pyarrow, pandas, xxhash, pyyaml, sentencepiece, tiktoken, setuptools,
+# ...) but no package index and none of: torchtune, torchao, omegaconf, datasets (torchtune
+# 0.6.1 imports it when imported), dill and multiprocess (datasets needs both when imported).
+# Those six are the whole set `import torchtune, adept_cpt` needs there (sentencepiece and
+# tiktoken, which `import torchtune` also needs, are in the image); torchdata, blobfile and
 # kagglehub are torchtune requirements the benchmark never imports. setuptools is downloaded
-# only for the isolated build of the editable install of this package.
+# only for the isolated build of the editable install of this package. Checked here in a fresh
+# virtual environment holding only torch and those image packages (TARGET_PYTHON=3.11).
 #
 #   here (PyPI reachable):  bash benchmarks/gpu_setup.sh download   # -> benchmarks/wheels/ (~10 MB)
 #   on the GPU machine:     bash benchmarks/gpu_setup.sh install
