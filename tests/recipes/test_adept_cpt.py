@@ -52,6 +52,18 @@ def hf_tensors(directory: Path) -> dict[str, torch.Tensor]:
     return load_file(str(directory / "model.safetensors"))
 
 
+def assert_originals_unchanged(
+    final: dict[str, torch.Tensor], meta: ExpansionMetadata, dtype: torch.dtype | None = None
+) -> None:
+    """Every base-model tensor sits bitwise unchanged at its new position in ``final``."""
+    for key, tensor in hf_tensors(BASE).items():
+        match = re.match(r"model\.layers\.(\d+)\.(.+)", key)
+        moved = (
+            f"model.layers.{meta.original_positions[int(match[1])]}.{match[2]}" if match else key
+        )
+        assert torch.equal(final[moved], tensor.to(dtype or tensor.dtype)), key
+
+
 def test_tiny_demo_end_to_end(tmp_path: Path) -> None:
     """The README's first command: selected layers and share printed, domain loss falls,
     transformers loads the output, every non-copy weight is bitwise the base model's."""
@@ -89,13 +101,8 @@ def test_tiny_demo_end_to_end(tmp_path: Path) -> None:
     model = transformers.AutoModelForCausalLM.from_pretrained(out / "final")
     assert len(model.model.layers) == meta.num_layers == 10
 
-    base, final = hf_tensors(BASE), hf_tensors(out / "final")
-    for key, tensor in base.items():
-        match = re.match(r"model\.layers\.(\d+)\.(.+)", key)
-        moved = (
-            f"model.layers.{meta.original_positions[int(match[1])]}.{match[2]}" if match else key
-        )
-        assert torch.equal(final[moved], tensor), key
+    final = hf_tensors(out / "final")
+    assert_originals_unchanged(final, meta)
     for position in meta.copy_positions:
         assert not torch.equal(
             final[f"model.layers.{position}.mlp.down_proj.weight"],
@@ -203,12 +210,7 @@ def test_bf16_run_with_fp32_copies_resumes_exactly(tmp_path: Path) -> None:
     assert {v.dtype for v in final.values()} == {torch.bfloat16}
     config = json.loads((tmp_path / "straight" / "final" / "config.json").read_text())
     assert config["torch_dtype"] == "bfloat16"
-    for key, tensor in hf_tensors(BASE).items():
-        match = re.match(r"model\.layers\.(\d+)\.(.+)", key)
-        moved = (
-            f"model.layers.{meta.original_positions[int(match[1])]}.{match[2]}" if match else key
-        )
-        assert torch.equal(final[moved], tensor.to(torch.bfloat16)), key
+    assert_originals_unchanged(final, meta, torch.bfloat16)
 
 
 @pytest.mark.slow
