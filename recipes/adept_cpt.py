@@ -161,18 +161,19 @@ class AdeptCPTRecipe:
         self.resume_metadata = self._check_resume_checkpoint() if self.resume_dir else None
         self._check_expansion()
         self._check_seq_len(cfg.dataset.max_seq_len, "dataset.max_seq_len")
-        self.dataset = tt_config.instantiate(cfg.dataset, tokenizer=self.tokenizer)
-        if len(self.dataset) < self.batch_size * self.world_size:
-            raise ConfigError(
-                f"the domain corpus has {len(self.dataset)} chunks of {cfg.dataset.max_seq_len} "
-                f"tokens, fewer than one global batch ({self.batch_size} x {self.world_size} ranks)"
-            )
         self.probe = None
         if self.method in _PROBES or self.method in _DECOUPLED:
             self._check_seq_len(cfg.probe.max_seq_len, "probe.max_seq_len")
             self.probe = tt_config.instantiate(cfg.probe, tokenizer=self.tokenizer)
             self.probe_batches = probe_batches(self.probe, cfg.get("probe_batch_size", 8))
         self.canary = self._build_canary()
+        # Last of the inputs: the largest, and with dataset.cache_dir the only one written.
+        self.dataset = tt_config.instantiate(cfg.dataset, tokenizer=self.tokenizer)
+        if len(self.dataset) < self.batch_size * self.world_size:
+            raise ConfigError(
+                f"the domain corpus has {len(self.dataset)} chunks of {cfg.dataset.max_seq_len} "
+                f"tokens, fewer than one global batch ({self.batch_size} x {self.world_size} ranks)"
+            )
 
         self.base_state = self._load_base_state()
         if self.is_rank_zero:

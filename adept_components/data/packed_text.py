@@ -8,7 +8,9 @@ stream and cut into equal ``max_seq_len`` chunks: nothing is lost but the last p
 and no chunk needs padding.
 
 ``max_tokens`` bounds how much of a corpus is read, so a billion-token dataset streamed from
-the hub (``streaming=True``) is consumed only up to the run's token budget.
+the hub (``streaming=True``) is consumed only up to the run's token budget. ``cache_dir`` keeps
+the tokenized stream on disk (``token_cache``): one process per machine tokenizes, the other
+ranks and every resume map the file.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import torch
 from torch.utils.data import Dataset
 
 from adept_components.data.sources import read_rows
+from adept_components.data.token_cache import cached_token_stream
 
 
 class _Encoder(Protocol):
@@ -77,6 +80,7 @@ def packed_text_dataset(
     add_bos: bool = True,
     subset: str | None = None,
     skip_documents: int = 0,
+    cache_dir: str | None = None,
 ) -> PackedText:
     """Tokenize a corpus, concatenate its documents and cut the stream into chunks.
 
@@ -95,6 +99,8 @@ def packed_text_dataset(
             has none, so this is a no-op there).
         subset (str | None): dataset configuration name.
         skip_documents (int): documents to skip first, e.g. the ones a canary holds out.
+        cache_dir (str | None): keep the tokenized stream here and reuse it (keyed by every
+            argument above but ``max_seq_len``, and by the tokenizer); None tokenizes each time.
 
     Returns:
         PackedText: the chunks.
@@ -114,6 +120,49 @@ def packed_text_dataset(
         raise ValueError(
             f"dataset skip_documents={skip_documents!r} must be a non-negative integer"
         )
+
+    fields = {  # everything that decides the token stream (the cache key)
+        "source": source,
+        "split": split,
+        "text_column": text_column,
+        "max_tokens": max_tokens,
+        "add_bos": add_bos,
+        "subset": subset,
+        "skip_documents": skip_documents,
+    }
+
+    def tokenize() -> tuple[torch.Tensor, int]:
+        return _tokenize(tokenizer, streaming=streaming, **fields)
+
+    if cache_dir is None:
+        stream, documents = tokenize()
+    else:
+        stream, documents = cached_token_stream(cache_dir, fields, tokenizer, tokenize)
+    num_chunks = len(stream) // max_seq_len
+    if num_chunks == 0:
+        raise ValueError(
+            f"dataset source {source!r} gave {len(stream)} tokens, fewer than one chunk of "
+            f"max_seq_len={max_seq_len}: use a larger corpus or a shorter max_seq_len"
+        )
+    used = num_chunks * max_seq_len
+    chunks = stream[:used].view(num_chunks, max_seq_len)
+    info = CorpusInfo(source, documents, used, len(stream) - used, max_seq_len)
+    return PackedText(chunks, info)
+
+
+def _tokenize(
+    tokenizer: _Encoder,
+    *,
+    source: str,
+    split: str,
+    text_column: str,
+    max_tokens: int | None,
+    streaming: bool,
+    add_bos: bool,
+    subset: str | None,
+    skip_documents: int,
+) -> tuple[torch.Tensor, int]:
+    """The corpus as one int32 token stream (documents closed by end-of-text) and its count."""
     stream = array("i")  # 4 bytes per token: a 300M-token budget is 1.2 GB, not a list of ints
     documents = 0
     rows = read_rows(source, split, streaming=streaming, field="dataset source", subset=subset)
@@ -128,18 +177,9 @@ def packed_text_dataset(
         if max_tokens is not None and len(stream) >= max_tokens:
             del stream[max_tokens:]
             break
-    num_chunks = len(stream) // max_seq_len
-    if num_chunks == 0:
-        raise ValueError(
-            f"dataset source {source!r} gave {len(stream)} tokens, fewer than one chunk of "
-            f"max_seq_len={max_seq_len}: use a larger corpus or a shorter max_seq_len"
-        )
-    used = num_chunks * max_seq_len
-    chunks = (
-        torch.frombuffer(stream, dtype=torch.int32)[:used].clone().view(num_chunks, max_seq_len)
-    )
-    info = CorpusInfo(source, documents, used, len(stream) - used, max_seq_len)
-    return PackedText(chunks, info)
+    if not stream:
+        return torch.empty(0, dtype=torch.int32), documents
+    return torch.frombuffer(stream, dtype=torch.int32).clone(), documents
 
 
 def _text(row: Mapping[str, Any] | str, column: str, source: str) -> str:

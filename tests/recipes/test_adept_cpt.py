@@ -215,7 +215,8 @@ def test_bf16_run_with_fp32_copies_resumes_exactly(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_two_gloo_ranks_match_one_process(tmp_path: Path) -> None:
-    """FSDP2 on two ranks with batch 4 each == one process accumulating two batches of 4."""
+    """FSDP2 on two ranks with batch 4 each == one process accumulating two batches of 4
+    (which tokenizes the corpus itself, while the ranks share a token cache)."""
     common = [
         "max_steps=6",
         "batch_size=4",
@@ -226,8 +227,10 @@ def test_two_gloo_ranks_match_one_process(tmp_path: Path) -> None:
     run(tmp_path / "one", *common, "gradient_accumulation_steps=2")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torchtune._cli.tune", "run", "--nproc_per_node", "2", "adept_cpt"]
+    # The ranks share one tokenized corpus: LOCAL_RANK 0 writes it, rank 1 waits and maps it.
+    cache = f"dataset.cache_dir={tmp_path / 'cache'}"
     result = subprocess.run(
-        [*cmd, "--config", "tiny_demo", f"output_dir={tmp_path / 'two'}", *common],
+        [*cmd, "--config", "tiny_demo", f"output_dir={tmp_path / 'two'}", cache, *common],
         capture_output=True,
         text=True,
         timeout=600,
@@ -235,6 +238,7 @@ def test_two_gloo_ranks_match_one_process(tmp_path: Path) -> None:
         cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr[-4000:]
+    assert len(list((tmp_path / "cache").glob("tokens-*.json"))) == 1
     one, two = losses(tmp_path / "one"), losses(tmp_path / "two")
     assert sorted(one) == sorted(two) == list(range(1, 7))
     for step in one:
