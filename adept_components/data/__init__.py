@@ -8,6 +8,7 @@ from adept_components.data.probe import (
     ProbeSetInfo,
     probe_batches,
     probe_dataset,
+    probe_mixture,
 )
 
 __all__ = [
@@ -20,4 +21,5 @@ __all__ = [
     "packed_text_dataset",
     "probe_batches",
     "probe_dataset",
+    "probe_mixture",
 ]

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
@@ -224,6 +224,70 @@ def probe_dataset(
         num_skipped=skipped,
     )
     return ProbeData(samples=samples, pad_id=0 if pad_id is None else int(pad_id), info=info)
+
+
+def probe_mixture(
+    tokenizer: _Encoder, parts: Sequence[Mapping[str, Any]], max_seq_len: int = 512
+) -> ProbeData:
+    """One probe set of several sources: spec S1.1's plain text *and* instruction pairs.
+
+    Each part is read by ``probe_dataset`` with its own source, kind, columns and
+    ``num_samples``; the samples follow each other in part order and share ``max_seq_len``.
+    Scores then average over every supervised token of the mixture: text tokens and answer
+    tokens alike. In YAML::
+
+        probe:
+          _component_: adept_components.data.probe_mixture
+          max_seq_len: 1024
+          parts:
+            - {source: HuggingFaceFW/fineweb-edu, subset: sample-10BT, streaming: true,
+               kind: text, num_samples: 500}
+            - {source: tatsu-lab/alpaca, kind: instruction, num_samples: 500}
+
+    Args:
+        tokenizer (_Encoder): a torchtune tokenizer with ``encode(text, add_bos, add_eos)``.
+        parts (Sequence[Mapping[str, Any]]): ``probe_dataset`` keyword arguments, one mapping
+            per source, without ``tokenizer`` and ``max_seq_len``.
+        max_seq_len (int): tokens per sample, for every part. Default: 512.
+
+    Returns:
+        ProbeData: the samples of all parts; ``info`` joins the parts' sources, kinds and
+        splits with ``" + "`` and sums their counts.
+
+    Raises:
+        ValueError: ``parts`` is empty or not a list of mappings, a part sets ``tokenizer`` or
+            ``max_seq_len``, or any error of ``probe_dataset`` (named with the part's index).
+    """
+    if isinstance(parts, (str, Mapping)) or not parts:
+        raise ValueError("probe parts must be a non-empty list of probe_dataset settings")
+    datasets = []
+    for index, part in enumerate(parts):
+        if not isinstance(part, Mapping):
+            raise ValueError(f"probe parts[{index}] must be a mapping of probe_dataset settings")
+        for key in ("tokenizer", "max_seq_len", "_component_"):
+            if key in part:
+                raise ValueError(
+                    f"probe parts[{index}] sets {key!r}: set max_seq_len once for the mixture "
+                    "and leave the tokenizer to the recipe"
+                )
+        try:
+            datasets.append(probe_dataset(tokenizer, max_seq_len=max_seq_len, **dict(part)))
+        except TypeError as e:
+            raise ValueError(f"probe parts[{index}]: {e}") from None
+        except ValueError as e:
+            raise ValueError(f"probe parts[{index}]: {e}") from None
+    infos = [d.info for d in datasets]
+    info = ProbeSetInfo(
+        source=" + ".join(i.source for i in infos),
+        kind=" + ".join(i.kind for i in infos),
+        split=" + ".join(i.split for i in infos),
+        num_samples=sum(i.num_samples for i in infos),
+        max_seq_len=max_seq_len,
+        num_tokens=sum(i.num_tokens for i in infos),
+        num_skipped=sum(i.num_skipped for i in infos),
+    )
+    samples = [sample for d in datasets for sample in d.samples]
+    return ProbeData(samples=samples, pad_id=datasets[0].pad_id, info=info)
 
 
 def probe_batches(data: ProbeData, batch_size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:

@@ -13,7 +13,7 @@ import pytest
 import torch
 from conftest import SAMPLE_TEXT, write_qwen_tokenizer
 
-from adept_components.data import ProbeData, probe_batches, probe_dataset
+from adept_components.data import ProbeData, probe_batches, probe_dataset, probe_mixture
 from adept_components.models.tokenizers import qwen3_tokenizer
 
 IGNORE = -100
@@ -236,3 +236,46 @@ def test_probe_batches_validates(tokenizer, tmp_path: Path) -> None:
         probe_batches(data, 0)
     with pytest.raises(ValueError, match="no samples"):
         probe_batches(ProbeData(samples=[], pad_id=0, info=data.info), 2)
+
+
+def test_mixture_holds_both_kinds_of_s1_1(tokenizer, tmp_path: Path) -> None:
+    text = _write_jsonl(tmp_path / "text.jsonl", ROWS)
+    pairs = _write_jsonl(tmp_path / "pairs.jsonl", INSTRUCTIONS)
+    parts = [
+        {"source": str(text), "kind": "text", "num_samples": 2},
+        {"source": str(pairs), "kind": "instruction", "num_samples": 5},
+    ]
+    mixed = probe_mixture(tokenizer, parts, max_seq_len=64)
+    alone = [probe_dataset(tokenizer, max_seq_len=64, **part) for part in parts]
+    assert mixed.samples == alone[0].samples + alone[1].samples  # text first, then pairs
+    assert [s.labels[0] == IGNORE for s in mixed.samples] == [False, False, True, True]
+    info = mixed.info
+    assert info.source == f"{text} + {pairs}" and info.kind == "text + instruction"
+    assert (info.num_samples, info.max_seq_len) == (4, 64)
+    assert info.num_tokens == alone[0].info.num_tokens + alone[1].info.num_tokens
+    assert mixed.pad_id == alone[0].pad_id
+
+
+@pytest.mark.parametrize(
+    "parts, match",
+    [
+        ([], "non-empty list"),
+        ({"source": "x"}, "non-empty list"),
+        (["x"], r"parts\[0\] must be a mapping"),
+        (
+            [{"source": "TEXT"}, {"source": "TEXT", "max_seq_len": 8}],
+            r"parts\[1\] sets 'max_seq_len'",
+        ),
+        ([{"source": "TEXT", "kind": "code"}], r"parts\[0\]: probe kind='code'"),
+        ([{"source": "TEXT", "colour": "blue"}], r"parts\[0\]: .*colour"),
+    ],
+)
+def test_mixture_errors_name_the_part(tokenizer, tmp_path: Path, parts, match: str) -> None:
+    text = str(_write_jsonl(tmp_path / "text.jsonl", ROWS))
+    if isinstance(parts, list):
+        parts = [
+            {k: text if v == "TEXT" else v for k, v in p.items()} if isinstance(p, dict) else p
+            for p in parts
+        ]
+    with pytest.raises(ValueError, match=match):
+        probe_mixture(tokenizer, parts)

@@ -266,6 +266,37 @@ def test_stage1_only_saves_a_function_preserving_expansion(tmp_path: Path) -> No
     assert meta["source_layers"] == profile["selected_layers"]
 
 
+def test_probe_mixture_from_yaml(tmp_path: Path) -> None:
+    """Spec S1.1's two kinds in one probe set, configured in YAML: the profile records both."""
+    from omegaconf import OmegaConf
+
+    from adept_components.config import load_config
+
+    pairs = tmp_path / "pairs.jsonl"
+    rows = [
+        {"instruction": f"Describe chapter {i} in one sentence", "output": f"Chapter {i} is calm."}
+        for i in range(10)
+    ]
+    pairs.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = load_config(["--config", "tiny_demo"])
+    cfg.probe = {
+        "_component_": "adept_components.data.probe_mixture",
+        "max_seq_len": 128,
+        "parts": [
+            {"source": asset_path("demo/general.txt"), "kind": "text", "num_samples": 24},
+            {"source": str(pairs), "kind": "instruction", "num_samples": 8},
+        ],
+    }
+    path = tmp_path / "mixture.yaml"
+    OmegaConf.save(cfg, path)
+    out = tmp_path / "out"
+    assert adept_cpt.main(["--config", str(path), f"output_dir={out}", "stage1_only=true"]) == 0
+    profile = json.loads((out / "profile" / "layer_importance.json").read_text())
+    assert profile["data"]["kind"] == "text + instruction"
+    assert profile["data"]["num_samples"] == 32
+    assert len(profile["selected_layers"]) == 2
+
+
 def test_saved_profile_skips_probing(tmp_path: Path) -> None:
     run(tmp_path / "first", "stage1_only=true")
     profile = tmp_path / "first" / "profile" / "layer_importance.json"

@@ -57,3 +57,24 @@ def test_config_validates_and_builds_on_meta(name: str) -> None:
     )
     assert len(model.layers) == num_layers + k
     assert 0.05 < summary.share < 0.25  # the paper trains roughly 10-18% of the parameters
+
+
+@pytest.mark.parametrize("name", PAPER_CONFIGS)
+def test_paper_data_entries_name_real_arguments(name: str) -> None:
+    """The hub datasets cannot be read here, so check every data entry against its builder:
+    the probe mixes both kinds of spec S1.1 and each part passes only probe_dataset arguments."""
+    import inspect
+
+    from adept_components.data import packed_text_dataset, probe_dataset, probe_mixture
+
+    cfg = OmegaConf.to_container(load_config(["--config", name]))
+    assert cfg["probe"]["_component_"] == "adept_components.data.probe_mixture"
+    assert set(cfg["probe"]) - {"_component_"} <= set(inspect.signature(probe_mixture).parameters)
+    accepted = set(inspect.signature(probe_dataset).parameters) - {"tokenizer", "max_seq_len"}
+    parts = cfg["probe"]["parts"]
+    assert {p["kind"] for p in parts} == {"text", "instruction"}
+    assert all(set(p) <= accepted for p in parts), parts
+    for entry in (cfg["canary"]["general"], cfg["canary"]["domain"]):
+        assert set(entry) - {"_component_"} <= set(inspect.signature(probe_dataset).parameters)
+    dataset = set(cfg["dataset"]) - {"_component_"}
+    assert dataset <= set(inspect.signature(packed_text_dataset).parameters)
