@@ -9,8 +9,12 @@ This is the one module of ``adept_components`` that knows about OmegaConf.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
+import os
 import re
+import sys
+from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
 
@@ -124,11 +128,13 @@ def apply_overrides(cfg: DictConfig, overrides: list[str]) -> DictConfig:
     return cfg
 
 
-def load_config(argv: list[str]) -> DictConfig:
+def load_config(argv: list[str], recipe: str = "adept_cpt") -> DictConfig:
     """Parse ``--config NAME_OR_PATH [overrides…]`` into a config.
 
     Args:
         argv (list[str]): the recipe's command line, without the program name.
+        recipe (str): the recipe parsing it, named in the error for a missing ``--config``
+            with the shipped configs that are for it.
 
     Returns:
         DictConfig: the config with overrides applied (interpolations unresolved).
@@ -137,9 +143,10 @@ def load_config(argv: list[str]) -> DictConfig:
         ConfigError: no ``--config``, unknown name, bad YAML or a bad override.
     """
     if "--config" not in argv or argv.index("--config") == len(argv) - 1:
+        shipped = [name for name in available_configs() if config_recipe(name) == recipe]
         raise ConfigError(
-            "missing --config: run `tune run adept_cpt --config NAME_OR_PATH [key=value ...]` "
-            f"(shipped configs: {', '.join(available_configs())})"
+            f"missing --config: run `tune run {recipe} --config NAME_OR_PATH [key=value ...]` "
+            f"(shipped configs: {', '.join(shipped)})"
         )
     i = argv.index("--config")
     path = resolve_config(argv[i + 1])
@@ -150,6 +157,79 @@ def load_config(argv: list[str]) -> DictConfig:
     if not isinstance(cfg, DictConfig):
         raise ConfigError(f"config file {path} must hold a mapping of keys")
     return apply_overrides(cfg, argv[:i] + argv[i + 2 :])
+
+
+def resolved_config(argv: list[str], recipe: str) -> DictConfig:
+    """``load_config``, then every ``${...}`` interpolation resolved.
+
+    Args:
+        argv (list[str]): ``--config NAME_OR_PATH [key=value ...]``.
+        recipe (str): the recipe parsing it (see ``load_config``).
+
+    Returns:
+        DictConfig: the resolved config.
+
+    Raises:
+        ConfigError: what ``load_config`` raises, or an interpolation that fails.
+    """
+    cfg = load_config(argv, recipe)
+    try:
+        OmegaConf.resolve(cfg)
+    except Exception as e:
+        raise ConfigError(f"config interpolation failed: {e}") from None
+    return cfg
+
+
+def check_run_fields(cfg: DictConfig) -> None:
+    """The fields every recipe shares: ``output_dir`` not a file, ``dtype``, ``device``.
+
+    Raises:
+        ConfigError: naming the field and the fix.
+    """
+    import torch
+
+    output_dir = Path(str(cfg.output_dir)).expanduser()
+    if output_dir.exists() and not output_dir.is_dir():
+        raise ConfigError(f"output_dir={str(output_dir)!r} is a file; give a directory path")
+    if cfg.dtype not in ("fp32", "bf16"):
+        raise ConfigError(f"dtype={cfg.dtype!r}; use fp32 or bf16")
+    if cfg.device not in ("cpu", "cuda") and not str(cfg.device).startswith("cuda:"):
+        raise ConfigError(f"device={cfg.device!r}; use cpu or cuda")
+    if str(cfg.device).startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device={cfg.device!r} but no CUDA GPU is visible; use device=cpu")
+
+
+def check_positive_int(cfg: DictConfig, key: str, required: bool = True) -> None:
+    """``cfg[key]`` is an integer >= 1 (or, when not ``required``, absent or null).
+
+    Raises:
+        ConfigError: naming the key and its value.
+    """
+    value = cfg.get(key)
+    if value is None and not required:
+        return
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ConfigError(f"{key}={value!r} must be a positive integer")
+
+
+@contextlib.contextmanager
+def user_errors(program: str, *errors: type[BaseException]) -> Iterator[None]:
+    """Turn user-facing errors into one line on stderr and exit status 1.
+
+    ``ADEPT_DEBUG=1`` re-raises them with their traceback.
+
+    Args:
+        program (str): the name the line starts with (``adept_cpt: error: ...``).
+        *errors (type[BaseException]): further exception types that are the user's to fix
+            (``ValueError`` and ``FileNotFoundError``, ``ConfigError`` among them, always are).
+    """
+    try:
+        yield
+    except (ValueError, FileNotFoundError, *errors) as e:
+        if os.environ.get("ADEPT_DEBUG"):
+            raise
+        print(f"{program}: error: {e}", file=sys.stderr)
+        raise SystemExit(1) from None
 
 
 def _require_key(cfg: DictConfig, key: str, item: str) -> None:

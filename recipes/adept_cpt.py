@@ -19,7 +19,6 @@ budget: ``full``, ``llama_pro``, ``no_stage1``, ``no_stage2``, ``random``.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import math
@@ -27,7 +26,7 @@ import os
 import random
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -49,7 +48,13 @@ from torchtune.modules import TransformerDecoder, TransformerSelfAttentionLayer
 from tqdm import tqdm
 
 from adept_components.checkpointing import HFCheckpointer, check_state_dict_matches
-from adept_components.config import ConfigError, load_config
+from adept_components.config import (
+    ConfigError,
+    check_positive_int,
+    check_run_fields,
+    resolved_config,
+    user_errors,
+)
 from adept_components.data import probe_batches
 from adept_components.evaluation import retention_from_canary
 from adept_components.expansion import (
@@ -798,30 +803,21 @@ def _validate(cfg: DictConfig) -> None:
     ):
         if not isinstance(cfg[key], DictConfig) or "_component_" not in cfg[key]:
             raise ConfigError(f"`{key}` must be a mapping with a `_component_` entry")
-    output_dir = Path(str(cfg.output_dir)).expanduser()
-    if output_dir.exists() and not output_dir.is_dir():
-        raise ConfigError(f"output_dir={str(output_dir)!r} is a file; give a directory path")
+    check_run_fields(cfg)
     if cfg.seed is not None and (not isinstance(cfg.seed, int) or isinstance(cfg.seed, bool)):
         raise ConfigError(f"seed={cfg.seed!r} must be an integer")
-    if cfg.dtype not in ("fp32", "bf16"):
-        raise ConfigError(f"dtype={cfg.dtype!r}; use fp32 or bf16")
     trainable_dtype = cfg.get("trainable_dtype")
     if trainable_dtype not in (None, "fp32", cfg.dtype):
         raise ConfigError(
             f"trainable_dtype={trainable_dtype!r} with dtype={cfg.dtype}: use fp32 (trainable "
             "weights kept in fp32) or null (the run's dtype)"
         )
-    if cfg.device not in ("cpu", "cuda") and not str(cfg.device).startswith("cuda:"):
-        raise ConfigError(f"device={cfg.device!r}; use cpu or cuda")
-    if str(cfg.device).startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device={cfg.device!r} but no CUDA GPU is visible; use device=cpu")
     if cfg.method not in METHODS:
         raise ConfigError(f"method={cfg.method!r}; use one of {', '.join(METHODS)}")
     for key in ("batch_size", "max_steps"):
-        _positive_int(cfg, key)
-    _positive_int(cfg, "gradient_accumulation_steps", required=False)
-    _positive_int(cfg, "probe_batch_size", required=False)
-    _positive_int(cfg, "stop_after_steps", required=False)
+        check_positive_int(cfg, key)
+    for key in ("gradient_accumulation_steps", "probe_batch_size", "stop_after_steps"):
+        check_positive_int(cfg, key, required=False)
     for key in ("save_every_n_steps", "log_every_n_steps"):
         if cfg.get(key) is not None and (not isinstance(cfg[key], int) or cfg[key] < 0):
             raise ConfigError(f"{key}={cfg[key]!r} must be a non-negative integer")
@@ -862,37 +858,13 @@ def _validate(cfg: DictConfig) -> None:
             )
 
 
-def _positive_int(cfg: DictConfig, key: str, required: bool = True) -> None:
-    value = cfg.get(key)
-    if value is None and not required:
-        return
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ConfigError(f"{key}={value!r} must be a positive integer")
-
-
-@contextlib.contextmanager
-def _user_errors() -> Iterator[None]:
-    """Turn user-facing errors into one line on stderr and exit status 1."""
-    try:
-        yield
-    except (ConfigError, ValueError, FileNotFoundError, TrainingDiverged) as e:
-        if os.environ.get("ADEPT_DEBUG"):
-            raise
-        print(f"adept_cpt: error: {e}", file=sys.stderr)
-        raise SystemExit(1) from None
-
-
 def recipe_main(argv: list[str]) -> None:
     """Parse the command line and run the recipe top to bottom.
 
     Args:
         argv (list[str]): ``--config NAME_OR_PATH [key=value ...]``.
     """
-    cfg = load_config(argv)
-    try:
-        OmegaConf.resolve(cfg)
-    except Exception as e:
-        raise ConfigError(f"config interpolation failed: {e}") from None
+    cfg = resolved_config(argv, "adept_cpt")
     recipe = AdeptCPTRecipe(cfg)
     try:
         recipe.setup()
@@ -913,7 +885,7 @@ def main(argv: list[str] | None = None) -> int:
     Returns:
         int: exit status.
     """
-    with _user_errors():
+    with user_errors("adept_cpt", TrainingDiverged):
         recipe_main(sys.argv[1:] if argv is None else argv)
     return 0
 

@@ -16,22 +16,26 @@ prints one line naming the fix, exits with status 1 and leaves no output directo
 
 from __future__ import annotations
 
-import contextlib
-import os
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torchtune import config as tt_config
 from torchtune import training, utils
 from torchtune.modules import TransformerDecoder
 
 from adept_components.checkpointing import HFCheckpointer
-from adept_components.config import ConfigError, load_config
+from adept_components.config import (
+    ConfigError,
+    check_positive_int,
+    check_run_fields,
+    resolved_config,
+    user_errors,
+)
 from adept_components.data import ProbeData, probe_batches
 from adept_components.evaluation import (
     check_same_tokenizer,
@@ -202,9 +206,8 @@ def _validate(cfg: DictConfig) -> None:
     for key in HELD_OUT:
         if "source" not in cfg[key]:
             raise ConfigError(f"`{key}.source` is missing: the held-out file or dataset to read")
-    output_dir = Path(str(cfg.output_dir)).expanduser()
-    if output_dir.exists() and not output_dir.is_dir():
-        raise ConfigError(f"output_dir={str(output_dir)!r} is a file; give a directory path")
+    check_run_fields(cfg)
+    check_positive_int(cfg, "batch_size")
     for role in ROLES:
         path = Path(str(cfg[f"{role}_checkpoint_dir"])).expanduser()
         if not path.is_dir():
@@ -212,27 +215,6 @@ def _validate(cfg: DictConfig) -> None:
                 f"{role}_checkpoint_dir={str(path)!r} does not exist: give a Hugging Face model "
                 "directory (adept_cpt writes OUTPUT_DIR/final)"
             )
-    if cfg.dtype not in ("fp32", "bf16"):
-        raise ConfigError(f"dtype={cfg.dtype!r}; use fp32 or bf16")
-    if cfg.device not in ("cpu", "cuda") and not str(cfg.device).startswith("cuda:"):
-        raise ConfigError(f"device={cfg.device!r}; use cpu or cuda")
-    if str(cfg.device).startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device={cfg.device!r} but no CUDA GPU is visible; use device=cpu")
-    value = cfg.batch_size
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ConfigError(f"batch_size={value!r} must be a positive integer")
-
-
-@contextlib.contextmanager
-def _user_errors() -> Iterator[None]:
-    """Turn user-facing errors into one line on stderr and exit status 1."""
-    try:
-        yield
-    except (ConfigError, ValueError, FileNotFoundError) as e:
-        if os.environ.get("ADEPT_DEBUG"):
-            raise
-        print(f"adept_eval: error: {e}", file=sys.stderr)
-        raise SystemExit(1) from None
 
 
 def recipe_main(argv: list[str]) -> None:
@@ -241,16 +223,7 @@ def recipe_main(argv: list[str]) -> None:
     Args:
         argv (list[str]): ``--config NAME_OR_PATH [key=value ...]``.
     """
-    if "--config" not in argv or argv.index("--config") == len(argv) - 1:
-        raise ConfigError(
-            "missing --config: run `tune run adept_eval --config NAME_OR_PATH [key=value ...]` "
-            "(shipped: adept_eval_demo)"
-        )
-    cfg = load_config(argv)
-    try:
-        OmegaConf.resolve(cfg)
-    except Exception as e:
-        raise ConfigError(f"config interpolation failed: {e}") from None
+    cfg = resolved_config(argv, "adept_eval")
     recipe = AdeptEvalRecipe(cfg)
     recipe.setup()
     recipe.evaluate()
@@ -265,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     Returns:
         int: exit status.
     """
-    with _user_errors():
+    with user_errors("adept_eval"):
         recipe_main(sys.argv[1:] if argv is None else argv)
     return 0
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import datetime
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -135,3 +138,25 @@ def write_run_config(path: Path, checkpoint_dir: Path, output_dir: Path) -> Path
     cfg = load_config(["--config", "tiny_demo", *(f"{k}={v}" for k, v in overrides.items())])
     OmegaConf.save(cfg, path)
     return path
+
+
+def init_gloo(rank: int, world: int, init_file: str) -> None:
+    """Join a CPU (gloo) process group of ``world`` test processes through a shared file."""
+    import torch.distributed as dist
+
+    dist.init_process_group(
+        "gloo",
+        init_method=f"file://{init_file}",
+        rank=rank,
+        world_size=world,
+        timeout=datetime.timedelta(seconds=120),
+    )
+
+
+def tune_run(
+    args: list[str], cwd: Path, threads: int = 1, timeout: int = 600
+) -> subprocess.CompletedProcess:
+    """``tune run ARGS`` in a subprocess, offline, as a user types it (output captured)."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": str(threads)}
+    cmd = [sys.executable, "-m", "torchtune._cli.tune", "run", *args]
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)

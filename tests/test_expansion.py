@@ -349,3 +349,28 @@ def test_freeze_all_but_rejects_bad_layers(hf_dirs: dict[str, Path]) -> None:
             freeze_all_but(model, layers)
     with pytest.raises(ValueError, match="repeats"):
         freeze_all_but(model, [1, 1])
+
+
+@pytest.mark.parametrize("checkpointing", [False, True], ids=["plain", "activation_ckpt"])
+def test_no_autograd_graph_below_the_lowest_copy(
+    hf_dirs: dict[str, Path], tmp_path: Path, checkpointing: bool
+) -> None:
+    """The frozen prefix runs as inference: its outputs carry no graph, so backward stops at
+    the lowest copy (the saving the CPU benchmark measures); from that copy up they do."""
+    from torchtune import training
+    from torchtune.modules import TransformerSelfAttentionLayer
+
+    meta = ExpansionMetadata(BASE_LAYERS, (2, 3))  # copies at positions 3 and 5 of 6
+    _, model = _expanded_model(hf_dirs["qwen3_untied"], meta, tmp_path / "out")
+    freeze_all_but(model, meta.copy_positions)
+    if checkpointing:
+        training.set_activation_checkpointing(
+            model, auto_wrap_policy={TransformerSelfAttentionLayer}
+        )
+    model.train()
+    tracked = []
+    for layer in model.layers:
+        layer.register_forward_hook(lambda m, i, out: tracked.append(out.requires_grad))
+    model(_tokens()).sum().backward()
+    lowest = min(meta.copy_positions)
+    assert tracked == [position >= lowest for position in range(meta.num_layers)]

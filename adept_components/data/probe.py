@@ -272,9 +272,7 @@ def probe_mixture(
                 )
         try:
             datasets.append(probe_dataset(tokenizer, max_seq_len=max_seq_len, **dict(part)))
-        except TypeError as e:
-            raise ValueError(f"probe parts[{index}]: {e}") from None
-        except ValueError as e:
+        except (TypeError, ValueError) as e:  # TypeError: a key probe_dataset does not take
             raise ValueError(f"probe parts[{index}]: {e}") from None
     infos = [d.info for d in datasets]
     info = ProbeSetInfo(

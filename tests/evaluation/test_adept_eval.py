@@ -7,10 +7,7 @@ error go through the launcher in a subprocess.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,6 +16,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import transformers
+from conftest import tune_run
 from evaluation_fixtures import BASE, GENERAL_HELDOUT, one_torch_thread, tiny_adapted_run
 from omegaconf import OmegaConf
 
@@ -201,17 +199,11 @@ def test_bad_input_is_one_line_and_writes_nothing(
     assert not out.exists()
 
 
-def _tune_run(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torchtune._cli.tune", "run", "adept_eval", *args]
-    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
-
-
 @pytest.mark.slow
 def test_tune_run_from_any_directory(tmp_path: Path, run_dir: Path) -> None:
     out = tmp_path / "report"
     args = ["--config", "adept_eval_demo", f"adapted_checkpoint_dir={run_dir / 'final'}"]
-    result = _tune_run([*args, f"output_dir={out}"], cwd=tmp_path)
+    result = tune_run(["adept_eval", *args, f"output_dir={out}"], cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "| general |" in result.stdout + result.stderr
     report = json.loads((out / "retention.json").read_text())
@@ -219,8 +211,9 @@ def test_tune_run_from_any_directory(tmp_path: Path, run_dir: Path) -> None:
 
     empty = tmp_path / "empty.txt"
     empty.write_text("")
-    bad = _tune_run(
-        [*args, f"output_dir={tmp_path / 'bad'}", f"domain.source={empty}"], cwd=tmp_path
+    bad = tune_run(
+        ["adept_eval", *args, f"output_dir={tmp_path / 'bad'}", f"domain.source={empty}"],
+        cwd=tmp_path,
     )
     assert bad.returncode == 1
     assert "adept_eval: error: domain: probe source" in bad.stderr

@@ -7,7 +7,6 @@ the implementation: mask-out removes the layer from ``model.layers`` and runs th
 
 from __future__ import annotations
 
-import datetime
 import math
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
+from conftest import init_gloo
 from importance_fixtures import (
     IGNORE,
     NEAR_IDENTITY,
@@ -353,13 +353,7 @@ def _scores(model, batches) -> dict:
 
 
 def _dist_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
-    dist.init_process_group(
-        "gloo",
-        init_method=f"file://{init_file}",
-        rank=rank,
-        world_size=world,
-        timeout=datetime.timedelta(seconds=120),
-    )
+    init_gloo(rank, world, init_file)
     try:
         model, batches = _dist_case()
         torch.save(_scores(model, batches), Path(out_dir) / f"rank{rank}.pt")

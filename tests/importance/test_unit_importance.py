@@ -11,7 +11,6 @@ parameter-sized buffer, then ``mean(|θ| · acc / B)``.
 from __future__ import annotations
 
 import copy
-import datetime
 from pathlib import Path
 
 import pytest
@@ -19,7 +18,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
-from conftest import QWEN3_LAYER_UNITS, TINY_QWEN3, save_hf_model
+from conftest import QWEN3_LAYER_UNITS, TINY_QWEN3, init_gloo, save_hf_model
 from importance_fixtures import IGNORE, pad_batches
 from torch import nn
 from torchtune import training
@@ -283,13 +282,7 @@ def _fsdp_worker(rank: int, world: int, init_file: str, directory: str, out_dir:
     from torch.distributed.fsdp import fully_shard
 
     torch.set_num_threads(1)
-    dist.init_process_group(
-        "gloo",
-        init_method=f"file://{init_file}",
-        rank=rank,
-        world_size=world,
-        timeout=datetime.timedelta(seconds=120),
-    )
+    init_gloo(rank, world, init_file)
     try:
         saved = torch.load(Path(out_dir) / "case.pt", weights_only=True)
         mesh = init_device_mesh("cpu", (world,))

@@ -7,16 +7,14 @@ launcher itself and torchrun are exercised in subprocesses by ``test_entry.py`` 
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import adept_cpt
 import pytest
 import torch
 import transformers
+from conftest import tune_run
 from safetensors.torch import load_file
 
 from adept_components.config import asset_path
@@ -68,15 +66,8 @@ def test_tiny_demo_end_to_end(tmp_path: Path) -> None:
     """The README's first command: selected layers and share printed, domain loss falls,
     transformers loads the output, every non-copy weight is bitwise the base model's."""
     out = tmp_path / "demo"
-    env = {**os.environ, "OMP_NUM_THREADS": "2"}
-    cmd = [sys.executable, "-m", "torchtune._cli.tune", "run", "adept_cpt", "--config", "tiny_demo"]
-    result = subprocess.run(
-        [*cmd, f"output_dir={out}"],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env=env,
-        cwd=tmp_path,
+    result = tune_run(
+        ["adept_cpt", "--config", "tiny_demo", f"output_dir={out}"], tmp_path, threads=2
     )
     assert result.returncode == 0, result.stderr[-3000:]
     printed = result.stdout + result.stderr
@@ -117,6 +108,8 @@ def test_every_method_runs(tmp_path: Path, method: str) -> None:
     out = tmp_path / method
     run(out, f"method={method}", *FAST)
     assert len(losses(out)) == 6
+    assert len(losses(out, "lr")) == 6
+    assert all(rate > 0 for rate in losses(out, "tokens_per_second").values())
     config = json.loads((out / "final" / "config.json").read_text())
     expands = method in ("adept", "llama_pro", "no_stage2", "random")
     assert config["num_hidden_layers"] == (10 if expands else 8)
@@ -225,18 +218,10 @@ def test_two_gloo_ranks_match_one_process(tmp_path: Path) -> None:
         "canary.every_n_steps=3",
     ]
     run(tmp_path / "one", *common, "gradient_accumulation_steps=2")
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torchtune._cli.tune", "run", "--nproc_per_node", "2", "adept_cpt"]
     # The ranks share one tokenized corpus: LOCAL_RANK 0 writes it, rank 1 waits and maps it.
     cache = f"dataset.cache_dir={tmp_path / 'cache'}"
-    result = subprocess.run(
-        [*cmd, "--config", "tiny_demo", f"output_dir={tmp_path / 'two'}", cache, *common],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env=env,
-        cwd=tmp_path,
-    )
+    two = ["--nproc_per_node", "2", "adept_cpt", "--config", "tiny_demo"]
+    result = tune_run([*two, f"output_dir={tmp_path / 'two'}", cache, *common], tmp_path)
     assert result.returncode == 0, result.stderr[-4000:]
     assert len(list((tmp_path / "cache").glob("tokens-*.json"))) == 1
     one, two = losses(tmp_path / "one"), losses(tmp_path / "two")

@@ -3,20 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import transformers
-from conftest import write_run_config, write_tiny_qwen3_checkpoint
-
-
-def _tune_run(args: list[str], cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torchtune._cli.tune", "run", *args]
-    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+from conftest import tune_run, write_run_config, write_tiny_qwen3_checkpoint
 
 
 @pytest.fixture
@@ -32,7 +23,7 @@ def tiny_run(tmp_path: Path) -> tuple[Path, Path, Path]:
 @pytest.mark.slow
 def test_path_config_from_any_directory(tiny_run: tuple[Path, Path, Path]) -> None:
     config, _, out = tiny_run
-    result = _tune_run(["adept_cpt", "--config", str(config)], cwd=config.parent / "elsewhere")
+    result = tune_run(["adept_cpt", "--config", str(config)], cwd=config.parent / "elsewhere")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Selected layers" in result.stderr + result.stdout
     saved = out / "final"
@@ -43,7 +34,7 @@ def test_path_config_from_any_directory(tiny_run: tuple[Path, Path, Path]) -> No
 
 
 def test_unknown_config_name_lists_shipped_configs(tmp_path: Path) -> None:
-    result = _tune_run(["adept_cpt", "--config", "no_such_config"], cwd=tmp_path, timeout=120)
+    result = tune_run(["adept_cpt", "--config", "no_such_config"], cwd=tmp_path, timeout=120)
     assert result.returncode == 1
     assert "no_such_config" in result.stderr and "tiny_demo" in result.stderr
     assert "Traceback" not in result.stderr
@@ -61,7 +52,7 @@ def test_bad_override_is_one_clear_error(
     tiny_run: tuple[Path, Path, Path], override: str, message: str
 ) -> None:
     config, _, out = tiny_run
-    result = _tune_run(
+    result = tune_run(
         ["adept_cpt", "--config", str(config), override], cwd=config.parent, timeout=120
     )
     assert result.returncode == 1
@@ -87,7 +78,7 @@ def test_bad_checkpoint_is_one_clear_error(
 ) -> None:
     config, ckpt, out = tiny_run
     mutate(ckpt)
-    result = _tune_run(["adept_cpt", "--config", str(config)], cwd=config.parent, timeout=120)
+    result = tune_run(["adept_cpt", "--config", str(config)], cwd=config.parent, timeout=120)
     assert result.returncode == 1, result.stderr[-2000:]
     assert message in result.stderr
     assert "Traceback" not in result.stderr
@@ -96,7 +87,7 @@ def test_bad_checkpoint_is_one_clear_error(
 
 def test_missing_checkpoint_dir(tiny_run: tuple[Path, Path, Path]) -> None:
     config, _, out = tiny_run
-    result = _tune_run(
+    result = tune_run(
         ["adept_cpt", "--config", str(config), "checkpointer.checkpoint_dir=/nonexistent/qwen"],
         cwd=config.parent,
         timeout=120,
