@@ -124,7 +124,10 @@ def apply_overrides(cfg: DictConfig, overrides: list[str]) -> DictConfig:
         key = key.lstrip("+")
         if not adding:
             _require_key(cfg, key, item)
-        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist([f"{key}={value}"]))
+        # Parse the value as YAML (numbers, lists, null, interpolations), then set it by path:
+        # unlike a merge of a dotlist, a path may index into a list (probe.parts.0.num_samples).
+        parsed = OmegaConf.from_dotlist([f"value={value}"])._get_node("value")
+        OmegaConf.update(cfg, key, parsed, merge=True, force_add=adding)
     return cfg
 
 

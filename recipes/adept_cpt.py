@@ -77,6 +77,7 @@ from adept_components.importance import (
     write_profile,
 )
 from adept_components.models import architecture_of
+from adept_components.models.tokenizers import vocabulary_size
 from adept_components.optim import (
     RefreshPolicy,
     UnitScaledScheduler,
@@ -86,6 +87,7 @@ from adept_components.optim import (
     unit_optimizer,
 )
 from adept_components.precision import keep_trainable_in_fp32
+from adept_components.progress import progress_bar
 
 log = utils.get_logger("INFO")
 
@@ -160,6 +162,7 @@ class AdeptCPTRecipe:
         cfg = self.cfg
         self.checkpointer: HFCheckpointer = tt_config.instantiate(cfg.checkpointer)
         self.tokenizer = tt_config.instantiate(cfg.tokenizer)
+        self._check_tokenizer_fits()
         self.resume_dir = (
             self._find_resume_checkpoint() if cfg.get("resume_from_checkpoint") else None
         )
@@ -255,6 +258,7 @@ class AdeptCPTRecipe:
                 k,
                 method=cfg.get("importance", "mask-out"),
                 checkpoint_dir=self.checkpointer.checkpoint_dir,
+                progress=self.is_rank_zero,
             )
             self._log(
                 f"Probed {len(base_model.layers)} layers in {time.perf_counter() - start:.1f}s"
@@ -469,7 +473,7 @@ class AdeptCPTRecipe:
     def _refresh_scales(self) -> None:
         """Re-score the units on the probe set and replace their LR scales (S2.2-S2.4)."""
         start = time.perf_counter()
-        scores = unit_importance(self.model, self.probe_batches)
+        scores = unit_importance(self.model, self.probe_batches, progress=self.is_rank_zero)
         scales = lr_scales(scores, **self.scale_options)
         self.scheduler.set_scales(scales, step=self.step)
         self._log(
@@ -507,15 +511,18 @@ class AdeptCPTRecipe:
     def _canary_losses(self) -> dict[str, float]:
         if not self.canary:
             return {}
-        return {name: self._eval_loss(batches) for name, batches in self.canary.items()}
+        return {name: self._eval_loss(batches, name) for name, batches in self.canary.items()}
 
-    def _eval_loss(self, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> float:
+    def _eval_loss(self, batches: list[tuple[torch.Tensor, torch.Tensor]], name: str) -> float:
         """Token-mean loss through the full model forward (works under FSDP): ranks split batches."""
         total = torch.zeros(2, dtype=torch.float64, device=self.device)
         was_training = self.model.training
         self.model.eval()
-        with torch.no_grad():
-            for tokens, labels in batches[self.rank :: self.world_size]:
+        mine = batches[self.rank :: self.world_size]
+        bar = progress_bar(len(mine), f"canary {name} (batch)", self.is_rank_zero)
+        with torch.no_grad(), bar:
+            for tokens, labels in mine:
+                bar.update()
                 tokens, labels = tokens.to(self.device), labels.to(self.device)
                 shifted = torch.cat(
                     [labels[:, 1:], torch.full_like(labels[:, :1], CROSS_ENTROPY_IGNORE_IDX)], 1
@@ -647,6 +654,17 @@ class AdeptCPTRecipe:
                 if hasattr(module, "rope_init"):
                     module.rope_init()
         return model
+
+    def _check_tokenizer_fits(self) -> None:
+        """Refuse a tokenizer that can produce ids the model's embedding does not have."""
+        ids, rows = vocabulary_size(self.tokenizer), self.checkpointer.architecture.vocab_size
+        if ids is not None and ids > rows:
+            raise ConfigError(
+                f"tokenizer ({self.cfg.tokenizer._component_}, path "
+                f"{self.cfg.tokenizer.get('path')}) has {ids:,} token ids but the model in "
+                f"checkpointer.checkpoint_dir has an embedding of {rows:,} rows: point "
+                "tokenizer.path at the checkpoint's own tokenizer"
+            )
 
     def _check_seq_len(self, seq_len: int, field: str) -> None:
         limit = self.cfg.model.get("max_seq_len") or self.checkpointer.architecture.max_seq_len

@@ -50,3 +50,16 @@ def test_ls_and_cp(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert (tmp_path / "mine.yaml").read_text().startswith("#")
     assert cli.main(["cp", name, str(tmp_path / "mine.yaml")]) == 2  # no silent overwrite
     assert cli.main(["cp", "nope", str(tmp_path / "x.yaml")]) == 2
+
+
+def test_overrides_index_into_lists() -> None:
+    """``probe.parts.0.num_samples=8``: a path through a list sets one field of one entry."""
+    cfg = OmegaConf.create(
+        {"probe": {"parts": [{"source": "a.txt", "num_samples": 32}, {"source": "b.jsonl"}]}}
+    )
+    cfg = apply_overrides(cfg, ["probe.parts.0.num_samples=8", "probe.parts.1.source=c.jsonl"])
+    assert OmegaConf.to_container(cfg) == {
+        "probe": {"parts": [{"source": "a.txt", "num_samples": 8}, {"source": "c.jsonl"}]}
+    }
+    with pytest.raises(ConfigError, match="no key 'probe.parts.2.source'"):
+        apply_overrides(cfg, ["probe.parts.2.source=d.txt"])

@@ -20,7 +20,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from adept_components.models.architecture import ModelArchitecture, read_hf_config
+from adept_components.models.architecture import ModelArchitecture, config_path, read_hf_config
 from adept_components.models.convert_weights import hf_name, hf_to_tune, tune_to_hf
 
 SAFETENSORS_INDEX = "model.safetensors.index.json"
@@ -52,7 +52,9 @@ class HFCheckpointer:
         self.output_dir = Path(output_dir).expanduser()
         self.max_shard_size = max_shard_size
         self.hf_config = read_hf_config(self.checkpoint_dir)
-        self.architecture = ModelArchitecture.from_hf_config(self.hf_config)
+        self.architecture = ModelArchitecture.from_hf_config(
+            self.hf_config, config_path(self.checkpoint_dir)
+        )
         self.weight_files = _find_weight_files(self.checkpoint_dir)
 
     def load_state_dict(self) -> dict[str, torch.Tensor]:

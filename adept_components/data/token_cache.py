@@ -39,7 +39,8 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
     """A hash that differs between tokenizers that would tokenize a corpus differently.
 
     It covers the tokenizer's class, special ids, its encoding of a multilingual sample and,
-    where the tokenizer exposes them (torchtune's BPE tokenizers), its vocabulary and merges.
+    where the tokenizer exposes them, its vocabulary and merges (torchtune's BPE tokenizers) or
+    the hash of its whole file (``hf_tokenizer``).
 
     Args:
         tokenizer (Any): a torchtune tokenizer (``encode(text, add_bos, add_eos)``).
@@ -49,7 +50,7 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
     """
     digest = hashlib.sha256()
     digest.update(f"{type(tokenizer).__module__}.{type(tokenizer).__qualname__}".encode())
-    for name in ("bos_id", "eos_id", "pad_id", "vocab_size"):
+    for name in ("bos_id", "eos_id", "pad_id", "vocab_size", "content_hash"):
         digest.update(f"{name}={getattr(tokenizer, name, None)}".encode())
     sample = tokenizer.encode(_FINGERPRINT_TEXT, add_bos=True, add_eos=True)
     digest.update(json.dumps(list(sample)).encode())

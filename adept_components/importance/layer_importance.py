@@ -41,6 +41,8 @@ import torch.nn.functional as F
 from torch import nn
 from torchtune.data import CROSS_ENTROPY_IGNORE_IDX
 
+from adept_components.progress import progress_bar
+
 Batch = tuple[torch.Tensor, torch.Tensor]
 ImportanceMethod = Literal["mask-out", "grad-cumulative", "rank"]
 IMPORTANCE_METHODS: tuple[str, ...] = ("mask-out", "grad-cumulative", "rank")
@@ -122,7 +124,10 @@ def probe_loss(
 
 
 def mask_out_losses(
-    model: nn.Module, batches: Sequence[Batch], group: dist.ProcessGroup | None = None
+    model: nn.Module,
+    batches: Sequence[Batch],
+    group: dist.ProcessGroup | None = None,
+    progress: bool = False,
 ) -> MaskOutLosses:
     """Probe loss of the full model and with each layer skipped, from cached layer inputs.
 
@@ -138,6 +143,7 @@ def mask_out_losses(
         batches (Sequence[Batch]): ``(tokens, labels)`` pairs, each [b, s].
         group (dist.ProcessGroup | None): process group to share the batches over; default:
             the world when ``torch.distributed`` is initialised.
+        progress (bool): show a bar of this rank's batches x (1 + skipped layers).
 
     Returns:
         MaskOutLosses: base loss, per-layer skipped losses, token count.
@@ -150,8 +156,10 @@ def mask_out_losses(
     num_layers = len(model.layers)
     # [L̂(0) .. L̂(L−1), L_base] loss sums, then the token count.
     totals = torch.zeros(num_layers + 2, dtype=torch.float64, device=device)
-    with _eval_mode(model), torch.inference_mode():
-        for tokens, labels in _shard(batches, group):
+    mine = _shard(batches, group)
+    bar = progress_bar(len(mine) * (num_layers + 1), "probe mask-out (batch x layer)", progress)
+    with _eval_mode(model), torch.inference_mode(), bar:
+        for tokens, labels in mine:
             tokens, labels = tokens.to(device), labels.to(device)
             inputs = [model.tok_embeddings(tokens)]  # inputs[l]: [b, s, d] entering layer l
             for layer in model.layers:
@@ -159,11 +167,13 @@ def mask_out_losses(
             base_sum, count = _loss_sum(model, inputs[num_layers], labels)
             totals[num_layers] += base_sum
             totals[num_layers + 1] += count
+            bar.update()
             for skipped in range(num_layers):
                 h = inputs[skipped]
                 for layer in model.layers[skipped + 1 :]:
                     h = layer(h)
                 totals[skipped] += _loss_sum(model, h, labels)[0]
+                bar.update()
             del inputs
     totals = _all_reduce_sum(totals, group)
     num_tokens = totals[-1]
@@ -195,7 +205,10 @@ def mask_out_importance(
 
 
 def grad_cumulative_importance(
-    model: nn.Module, batches: Sequence[Batch], group: dist.ProcessGroup | None = None
+    model: nn.Module,
+    batches: Sequence[Batch],
+    group: dist.ProcessGroup | None = None,
+    progress: bool = False,
 ) -> GradientImportance:
     """Gradient × weight scores of layers (S1.2 grad-cumulative) and units (S2.2).
 
@@ -218,6 +231,7 @@ def grad_cumulative_importance(
         batches (Sequence[Batch]): ``(tokens, labels)`` pairs, each [b, s]; batches with no
             supervised token are skipped and do not count in ``B``.
         group (dist.ProcessGroup | None): process group to share the batches over.
+        progress (bool): show a bar of this rank's batches.
 
     Returns:
         GradientImportance: ``(layer_scores, unit_scores)``.
@@ -240,8 +254,11 @@ def grad_cumulative_importance(
         _clear_grads(model)
         for param in params:
             param.requires_grad_(True)
-        with _eval_mode(model), torch.enable_grad():
-            for tokens, labels in _shard(batches, group):
+        mine = _shard(batches, group)
+        bar = progress_bar(len(mine), "probe gradients (batch)", progress)
+        with _eval_mode(model), torch.enable_grad(), bar:
+            for tokens, labels in mine:
+                bar.update()
                 tokens, labels = tokens.to(device), labels.to(device)
                 h = model.tok_embeddings(tokens)  # [b, s, d]
                 for layer in model.layers:

@@ -200,6 +200,7 @@ def profile_layers(
     checkpoint_dir: str | os.PathLike | None = None,
     score_units: bool = True,
     group: dist.ProcessGroup | None = None,
+    progress: bool = False,
 ) -> LayerProfile:
     """Score the layers of ``model`` on the probe and select the ``k`` least critical (S1.2-S1.3).
 
@@ -216,6 +217,7 @@ def profile_layers(
         checkpoint_dir (str | os.PathLike | None): the checkpoint M0 was loaded from.
         score_units (bool): also compute gradient scores. Default: True.
         group (dist.ProcessGroup | None): process group to share the batches over.
+        progress (bool): show progress bars (rank 0 of a run).
 
     Returns:
         LayerProfile: the profile (identical on every rank).
@@ -237,11 +239,11 @@ def profile_layers(
             f"k={k} layers to expand, but the model has {num_layers} layers "
             f"(valid: 1..{num_layers - 1})"
         )
-    losses = mask_out_losses(model, batches, group)
+    losses = mask_out_losses(model, batches, group, progress)
     layer_scores = {"mask-out": losses.importance}
     unit_scores: dict[int, dict[str, float]] = {}
     if score_units:
-        gradient = grad_cumulative_importance(model, batches, group)
+        gradient = grad_cumulative_importance(model, batches, group, progress)
         unit_scores = gradient.unit_scores
         layer_scores["grad-cumulative"] = gradient.layer_scores
         layer_scores["rank"] = rank_importance(unit_scores, num_layers)

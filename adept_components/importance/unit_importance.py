@@ -72,6 +72,7 @@ from adept_components.importance.layer_importance import (
     _world,
 )
 from adept_components.optim.unit_groups import clean_param_name
+from adept_components.progress import progress_bar
 
 try:
     from torch.distributed.tensor import DTensor
@@ -84,6 +85,7 @@ def unit_importance(
     batches: Sequence[Batch],
     units: Sequence[str] | None = None,
     group: dist.ProcessGroup | None = None,
+    progress: bool = False,
 ) -> dict[str, float]:
     """S2.2 importance of every unit: mean over its elements of ``|θ| · mean_b |g_b|``.
 
@@ -103,6 +105,7 @@ def unit_importance(
         group (dist.ProcessGroup | None): process group to share the batches over; default:
             the world when ``torch.distributed`` is initialised. Under FSDP2 it must be the
             group the model is sharded over.
+        progress (bool): show a bar of this rank's batches.
 
     Returns:
         dict[str, float]: unit name -> score (>= 0), in the order of ``units`` (default:
@@ -127,8 +130,11 @@ def unit_importance(
     try:
         for param, _ in saved_grads:
             param.grad = None
-        with _eval_mode(model), _rng_preserved(), torch.enable_grad(), gradients:
-            for (tokens, labels), counts in _rank_passes(batches, rank, world, steps):
+        passes = list(_rank_passes(batches, rank, world, steps))
+        bar = progress_bar(len(passes), "unit importance (batch)", progress)
+        with _eval_mode(model), _rng_preserved(), torch.enable_grad(), gradients, bar:
+            for (tokens, labels), counts in passes:
+                bar.update()
                 num_supervised = int((labels[:, 1:] != CROSS_ENTROPY_IGNORE_IDX).sum())
                 counts = counts and num_supervised > 0
                 if not counts and steps is None:

@@ -1,4 +1,4 @@
-"""Model builders (Qwen3, Llama 3), architecture records and HF key maps."""
+"""Model builders (Qwen3, Llama architecture), architecture records and HF key maps."""
 
 from adept_components.models.architecture import (
     ModelArchitecture,
@@ -6,7 +6,14 @@ from adept_components.models.architecture import (
     model_from_hf_config,
     read_hf_config,
 )
-from adept_components.models.llama3 import llama3_1_8b, llama3_1_70b, llama3_2_1b, llama3_2_3b
+from adept_components.models.llama3 import (
+    Llama3RopeScaling,
+    llama,
+    llama3_1_8b,
+    llama3_1_70b,
+    llama3_2_1b,
+    llama3_2_3b,
+)
 from adept_components.models.qwen3 import (
     Qwen3Attention,
     qwen3,
@@ -19,9 +26,11 @@ from adept_components.models.qwen3 import (
 )
 
 __all__ = [
+    "Llama3RopeScaling",
     "ModelArchitecture",
     "Qwen3Attention",
     "architecture_of",
+    "llama",
     "llama3_1_8b",
     "llama3_1_70b",
     "llama3_2_1b",

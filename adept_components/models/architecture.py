@@ -14,27 +14,23 @@ from pathlib import Path
 from typing import Any, Literal
 
 from torch import nn
-from torchtune.models.llama3 import llama3
-from torchtune.models.llama3_1._position_embeddings import Llama3ScaledRoPE
-from torchtune.models.llama3_2 import llama3_2
+from torchtune.models.llama3_1 import Llama3ScaledRoPE
 from torchtune.modules import TiedLinear, TransformerDecoder
 
+from adept_components.models.llama3 import Llama3RopeScaling, llama
 from adept_components.models.qwen3 import Qwen3Attention, qwen3
 
 Family = Literal["qwen3", "llama"]
 _HF_MODEL_TYPES: dict[str, Family] = {"qwen3": "qwen3", "llama": "llama"}
 _HF_ARCHITECTURES: dict[Family, str] = {"qwen3": "Qwen3ForCausalLM", "llama": "LlamaForCausalLM"}
-# torchtune's Llama3ScaledRoPE fixes these three; a config asking for others cannot be built.
-_LLAMA3_ROPE_FIXED = {
-    "low_freq_factor": 1.0,
-    "high_freq_factor": 4.0,
-    "original_max_position_embeddings": 8192,
-}
+_ROPE_SCALING_FIELDS = tuple(f.name for f in dataclasses.fields(Llama3RopeScaling))
+# Llama-architecture variants the builder does not have; a config asking for one is refused.
+_LLAMA_UNSUPPORTED = {"attention_bias": False, "mlp_bias": False, "hidden_act": "silu"}
 
 
 @dataclasses.dataclass(frozen=True)
 class ModelArchitecture:
-    """The numbers that define a Qwen3 or Llama 3 decoder.
+    """The numbers that define a Qwen3 or Llama-architecture decoder.
 
     Attributes:
         family (str): ``"qwen3"`` or ``"llama"``.
@@ -49,7 +45,7 @@ class ModelArchitecture:
         norm_eps (float): RMSNorm epsilon.
         rope_base (float): RoPE theta.
         tie_word_embeddings (bool): output head shares the embedding matrix.
-        rope_scale_factor (float | None): Llama 3.1/3.2 RoPE scaling factor; None = unscaled.
+        rope_scaling (Llama3RopeScaling | None): Llama 3 RoPE scaling; None = plain RoPE.
     """
 
     family: Family
@@ -64,7 +60,7 @@ class ModelArchitecture:
     norm_eps: float
     rope_base: float
     tie_word_embeddings: bool
-    rope_scale_factor: float | None = None
+    rope_scaling: Llama3RopeScaling | None = None
 
     def build(self, max_seq_len: int | None = None) -> TransformerDecoder:
         """Build the torchtune decoder (random init) for these numbers.
@@ -91,35 +87,25 @@ class ModelArchitecture:
                 rope_base=self.rope_base,
                 tie_word_embeddings=self.tie_word_embeddings,
             )
-        if self.head_dim * self.num_heads != self.embed_dim:
-            raise ValueError(
-                f"Llama needs head_dim * num_heads == hidden_size, got {self.head_dim} * "
-                f"{self.num_heads} != {self.embed_dim}"
-            )
-        common = dict(
+        return llama(
             vocab_size=self.vocab_size,
             num_layers=self.num_layers,
             num_heads=self.num_heads,
             num_kv_heads=self.num_kv_heads,
             embed_dim=self.embed_dim,
-            max_seq_len=seq,
             intermediate_dim=self.intermediate_dim,
+            max_seq_len=seq,
+            head_dim=self.head_dim,
             norm_eps=self.norm_eps,
             rope_base=self.rope_base,
+            rope_scaling=self.rope_scaling,
+            tie_word_embeddings=self.tie_word_embeddings,
         )
-        if self.rope_scale_factor is not None:
-            # torchtune's Llama 3.2 component builder = Llama 3.1 blocks + optional tying.
-            return llama3_2(
-                **common,
-                scale_factor=self.rope_scale_factor,
-                tie_word_embeddings=self.tie_word_embeddings,
-            )
-        if self.tie_word_embeddings:
-            raise ValueError("tie_word_embeddings=true needs Llama 3 rope scaling (Llama 3.2)")
-        return llama3(**common)
 
     @classmethod
-    def from_hf_config(cls, config: dict[str, Any]) -> ModelArchitecture:
+    def from_hf_config(
+        cls, config: dict[str, Any], source: str = "config.json"
+    ) -> ModelArchitecture:
         """Read the numbers from a parsed HF ``config.json``.
 
         Accepts both the classic (``rope_theta``, ``rope_scaling``) and the transformers 5
@@ -127,17 +113,19 @@ class ModelArchitecture:
 
         Args:
             config (dict): the parsed config.json.
+            source (str): where it came from, named in every error.
 
         Returns:
             ModelArchitecture: the numbers.
 
         Raises:
-            ValueError: unknown ``model_type``, a missing field, or a RoPE variant we cannot build.
+            ValueError: unknown ``model_type``, a missing field, or a variant we cannot build
+                (unknown RoPE scaling, attention or MLP biases, an activation other than SiLU).
         """
         model_type = config.get("model_type")
         if model_type not in _HF_MODEL_TYPES:
             raise ValueError(
-                f"config.json model_type={model_type!r} is not supported "
+                f"{source}: model_type={model_type!r} is not supported "
                 f"(supported: {sorted(_HF_MODEL_TYPES)})"
             )
         family = _HF_MODEL_TYPES[model_type]
@@ -150,25 +138,15 @@ class ModelArchitecture:
         ]
         missing = [k for k in required if k not in config]
         if missing:
-            raise ValueError(f"config.json lacks required field(s) {missing}")
+            raise ValueError(f"{source} lacks required field(s) {missing}")
+        if family == "llama":
+            for key, supported in _LLAMA_UNSUPPORTED.items():
+                if config.get(key, supported) != supported:
+                    raise ValueError(
+                        f"{source}: {key}={config[key]!r} is not supported (supported: {supported!r})"
+                    )
         heads = config["num_attention_heads"]
         rope_params = config.get("rope_parameters") or {}
-        scaling = config.get("rope_scaling") or (
-            rope_params if rope_params.get("rope_type", "default") != "default" else None
-        )
-        scale_factor = None
-        if scaling is not None:
-            rope_type = scaling.get("rope_type", scaling.get("type"))
-            if family != "llama" or rope_type != "llama3":
-                raise ValueError(
-                    f"config.json rope scaling {rope_type!r} is not supported for {family}"
-                )
-            for key, expected in _LLAMA3_ROPE_FIXED.items():
-                if float(scaling.get(key, expected)) != expected:
-                    raise ValueError(
-                        f"config.json rope scaling {key}={scaling[key]} (supported: {expected})"
-                    )
-            scale_factor = float(scaling["factor"])
         return cls(
             family=family,
             vocab_size=config["vocab_size"],
@@ -179,10 +157,10 @@ class ModelArchitecture:
             intermediate_dim=config["intermediate_size"],
             head_dim=config.get("head_dim") or config["hidden_size"] // heads,
             max_seq_len=config.get("max_position_embeddings", 4096),
-            norm_eps=config.get("rms_norm_eps", 1e-6),
+            norm_eps=_float32_repr(config.get("rms_norm_eps", 1e-6)),
             rope_base=float(config.get("rope_theta") or rope_params.get("rope_theta") or 10_000.0),
             tie_word_embeddings=bool(config.get("tie_word_embeddings", False)),
-            rope_scale_factor=scale_factor,
+            rope_scaling=_rope_scaling(config, family, source),
         )
 
     def to_hf_config(
@@ -237,18 +215,54 @@ class ModelArchitecture:
             rms_norm_eps=self.norm_eps,
             tie_word_embeddings=self.tie_word_embeddings,
         )
-        if "rope_parameters" in config:
-            config["rope_parameters"] = {**config["rope_parameters"], "rope_theta": self.rope_base}
+        scaling = (
+            {"rope_type": "llama3", **dataclasses.asdict(self.rope_scaling)}
+            if self.rope_scaling
+            else {}
+        )
+        if "rope_parameters" in config:  # transformers 5 spelling: theta and scaling in one
+            config["rope_parameters"] = {
+                **config["rope_parameters"],
+                "rope_theta": self.rope_base,
+                **scaling,
+            }
         else:
             config["rope_theta"] = self.rope_base
-        if self.rope_scale_factor is not None and "rope_parameters" not in config:
-            config["rope_scaling"] = {
-                **(config.get("rope_scaling") or {}),
-                "rope_type": "llama3",
-                "factor": self.rope_scale_factor,
-                **_LLAMA3_ROPE_FIXED,
-            }
+            if scaling:
+                config["rope_scaling"] = {**(config.get("rope_scaling") or {}), **scaling}
         return config
+
+
+def _rope_scaling(config: dict[str, Any], family: Family, source: str) -> Llama3RopeScaling | None:
+    """The RoPE scaling of a config: None for plain RoPE, the Llama 3 numbers, or an error."""
+    rope_params = config.get("rope_parameters") or {}
+    scaling = config.get("rope_scaling") or rope_params
+    rope_type = scaling.get("rope_type", scaling.get("type", "default"))
+    if rope_type == "default":
+        return None
+    field = "rope_scaling" if config.get("rope_scaling") else "rope_parameters"
+    if family != "llama" or rope_type != "llama3":
+        supported = "'llama3' or none" if family == "llama" else "none"
+        raise ValueError(
+            f"{source}: {field}.rope_type={rope_type!r} is not supported for {family} "
+            f"(supported: {supported})"
+        )
+    if "factor" not in scaling:
+        raise ValueError(f"{source}: {field} of rope_type 'llama3' lacks 'factor'")
+    values = {k: scaling[k] for k in _ROPE_SCALING_FIELDS if k in scaling}
+    try:
+        values = {
+            k: int(v) if k == "original_max_position_embeddings" else float(v)
+            for k, v in values.items()
+        }
+        return Llama3RopeScaling(**values)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{source}: {field}: {e}") from None
+
+
+def _float32_repr(value: float) -> float:
+    """The shortest decimal of a float32 value: GGUF-derived configs store 1e-5 as 9.99999974738e-06."""
+    return float(f"{float(value):.7g}")
 
 
 def architecture_of(model: nn.Module) -> ModelArchitecture:
@@ -262,7 +276,16 @@ def architecture_of(model: nn.Module) -> ModelArchitecture:
     """
     layer = model.layers[0]
     attn, rope = layer.attn, layer.attn.pos_embeddings
-    scaled = isinstance(rope, Llama3ScaledRoPE)
+    scaling = (
+        Llama3RopeScaling(
+            factor=float(rope.scale_factor),
+            low_freq_factor=float(rope.low_freq_factor),
+            high_freq_factor=float(rope.high_freq_factor),
+            original_max_position_embeddings=int(rope.old_context_len),
+        )
+        if isinstance(rope, Llama3ScaledRoPE)
+        else None
+    )
     return ModelArchitecture(
         family="qwen3" if isinstance(attn, Qwen3Attention) else "llama",
         vocab_size=model.tok_embeddings.num_embeddings,
@@ -276,7 +299,7 @@ def architecture_of(model: nn.Module) -> ModelArchitecture:
         norm_eps=layer.sa_norm.eps,
         rope_base=float(rope.base),
         tie_word_embeddings=isinstance(model.output, TiedLinear),
-        rope_scale_factor=float(rope.scale_factor) if scaled else None,
+        rope_scaling=scaling,
     )
 
 
@@ -291,6 +314,7 @@ def read_hf_config(checkpoint_dir: str | Path) -> dict[str, Any]:
 
     Raises:
         FileNotFoundError: the directory or its config.json is missing.
+        ValueError: config.json is not valid JSON or not a JSON object.
     """
     path = Path(checkpoint_dir).expanduser()
     if not path.is_dir():
@@ -304,11 +328,26 @@ def read_hf_config(checkpoint_dir: str | Path) -> dict[str, Any]:
             f"{config_file} is missing: checkpointer.checkpoint_dir must be a Hugging Face model "
             "directory with config.json"
         )
-    return json.loads(config_file.read_text())
+    try:
+        config = json.loads(config_file.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{config_file} is not valid JSON (line {e.lineno}: {e.msg})") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"{config_file} is not a UTF-8 text file") from None
+    if not isinstance(config, dict):
+        raise ValueError(
+            f"{config_file} holds a JSON {type(config).__name__}, not an object of model fields"
+        )
+    return config
+
+
+def config_path(checkpoint_dir: str | Path) -> str:
+    """The ``config.json`` path of a model directory, as errors name it."""
+    return str(Path(checkpoint_dir).expanduser() / "config.json")
 
 
 def model_from_hf_config(checkpoint_dir: str, max_seq_len: int | None = None) -> TransformerDecoder:
-    """Build the decoder a Hugging Face model directory describes (any size, Qwen3 or Llama 3).
+    """Build the decoder a Hugging Face model directory describes (any size, Qwen3 or Llama).
 
     The YAML builder for checkpoints that have no named builder: tiny test models, sizes in
     between, or models that were already expanded.
@@ -321,4 +360,4 @@ def model_from_hf_config(checkpoint_dir: str, max_seq_len: int | None = None) ->
         TransformerDecoder: the model, randomly initialised (load weights with the checkpointer).
     """
     config = read_hf_config(checkpoint_dir)
-    return ModelArchitecture.from_hf_config(config).build(max_seq_len)
+    return ModelArchitecture.from_hf_config(config, config_path(checkpoint_dir)).build(max_seq_len)

@@ -1,15 +1,21 @@
-"""Tokenizer builders for Qwen3 and Llama 3 checkpoints as `tune download` writes them.
+"""Tokenizer builders: Qwen3 and Llama 3 as `tune download` writes them, and any ``tokenizer.json``.
 
-Both builders are plain functions for a YAML ``_component_`` and wrap torchtune's own
-tokenizers: Qwen3 ships the Qwen2.5 byte-level BPE files (``vocab.json``/``merges.txt``) so it
-gets torchtune's ``Qwen2_5Tokenizer``; Llama 3.x gets torchtune's tiktoken-based
-``llama3_tokenizer``. What they add is resolving a model directory to the right files, failing
-early with a readable message when a file is missing, and (Qwen3) choosing the end-of-text token
-that base-model continual pretraining needs.
+All builders are plain functions for a YAML ``_component_``. Qwen3 ships the Qwen2.5 byte-level
+BPE files (``vocab.json``/``merges.txt``) so it gets torchtune's ``Qwen2_5Tokenizer``; Llama 3.x
+gets torchtune's tiktoken-based ``llama3_tokenizer``. What they add is resolving a model
+directory to the right files, failing early with a readable message when a file is missing, and
+(Qwen3) choosing the end-of-text token that base-model continual pretraining needs.
+
+``hf_tokenizer`` reads any Hugging Face ``tokenizer.json`` (SmolLM2, Mistral, Llama 2, Gemma …)
+through the ``tokenizers`` library itself, so its ids are that library's, with the document
+separator chosen by name.
 """
 
 from __future__ import annotations
 
+import difflib
+import hashlib
+import json
 from pathlib import Path
 
 from torchtune.models.llama3 import Llama3Tokenizer
@@ -202,3 +208,179 @@ def llama3_tokenizer(
     return _tt_llama3_tokenizer(
         path=model_file, special_tokens_path=special_tokens_path, max_seq_len=max_seq_len
     )
+
+
+# End-of-text tokens of common model families, in the order they are looked for: the document
+# separator a base model was pretrained with (not a chat-turn terminator such as <|im_end|>).
+END_OF_TEXT_TOKENS = ("<|endoftext|>", "<|end_of_text|>", "</s>", "<eos>", "<|end▁of▁sentence|>")
+
+
+class HFTokenizer:
+    """A Hugging Face ``tokenizer.json`` with torchtune's ``encode(text, add_bos, add_eos)``.
+
+    Built by ``hf_tokenizer``. Text is encoded by the ``tokenizers`` library without the file's
+    own post-processor (``add_special_tokens=False``); BOS and the document separator are added
+    here, by id, so a ``tokenizer.json`` that appends chat tokens cannot change the corpus.
+
+    Args:
+        tokenizer_file (Path): the ``tokenizer.json``.
+        eos_id (int): id appended after each document (``add_eos``).
+        bos_id (int | None): id put before each document (``add_bos``); None adds nothing.
+        max_seq_len (int | None): torchtune's message-truncation length; ``encode`` never
+            truncates, so packing always sees whole documents.
+    """
+
+    def __init__(
+        self,
+        tokenizer_file: Path,
+        eos_id: int,
+        bos_id: int | None = None,
+        max_seq_len: int | None = None,
+    ) -> None:
+        from tokenizers import Tokenizer
+
+        self.tokenizer = Tokenizer.from_file(str(tokenizer_file))
+        self.eos_id = eos_id
+        self.bos_id = bos_id
+        self.pad_id = eos_id  # probe batches ignore pad labels; any real id does
+        self.max_seq_len = max_seq_len
+        self.vocab_size = self.tokenizer.get_vocab_size(with_added_tokens=True)
+        # What the token cache keys on: the whole file and the chosen special ids.
+        digest = hashlib.sha256(Path(tokenizer_file).read_bytes())
+        digest.update(f"eos={eos_id},bos={bos_id}".encode())
+        self.content_hash = digest.hexdigest()
+
+    def encode(self, text: str, add_bos: bool = True, add_eos: bool = True) -> list[int]:
+        """Token ids of ``text``: the ``tokenizers`` library's, with BOS/EOS as asked.
+
+        Args:
+            text (str): the text.
+            add_bos (bool): prepend ``bos_id`` (when the tokenizer has one).
+            add_eos (bool): append ``eos_id``, the document separator.
+
+        Returns:
+            list[int]: ids.
+        """
+        ids = self.tokenizer.encode(text, add_special_tokens=False).ids
+        if add_bos and self.bos_id is not None:
+            ids.insert(0, self.bos_id)
+        if add_eos:
+            ids.append(self.eos_id)
+        return ids
+
+    def decode(self, token_ids: list[int], skip_special_tokens: bool = False) -> str:
+        """Text of ``token_ids``.
+
+        Args:
+            token_ids (list[int]): ids.
+            skip_special_tokens (bool): drop special tokens from the text.
+
+        Returns:
+            str: the text.
+        """
+        return self.tokenizer.decode(token_ids, skip_special_tokens=skip_special_tokens)
+
+
+def hf_tokenizer(
+    path: str,
+    eos_token: str | None = None,
+    bos_token: str | None = None,
+    max_seq_len: int | None = None,
+) -> HFTokenizer:
+    """Build a tokenizer from any Hugging Face ``tokenizer.json``.
+
+    The document separator matters for continual pretraining: it is appended after every
+    document of the packed corpus, and a base model knows only the one it was pretrained with
+    (SmolLM2: ``<|endoftext|>``, id 0; its instruct metadata calls ``<|im_end|>`` the EOS, which
+    is a chat-turn terminator). So it is chosen by name, and the default is the model's
+    end-of-text token: the first of ``END_OF_TEXT_TOKENS`` the vocabulary has.
+
+    Args:
+        path (str): a model directory holding ``tokenizer.json``, or the file itself.
+        eos_token (str | None): the document separator, by name; default: the model's
+            end-of-text token.
+        bos_token (str | None): a token to put before each document (e.g. ``"<s>"`` for
+            Llama 2, ``"<bos>"`` for Gemma); default None: none.
+        max_seq_len (int | None): kept as torchtune tokenizers keep it; never truncates.
+
+    Returns:
+        HFTokenizer: the tokenizer.
+
+    Raises:
+        FileNotFoundError: no ``tokenizer.json`` at ``path``.
+        ValueError: the file is not a tokenizer, a named token is not in its vocabulary
+            (listing similar ones), or no end-of-text token exists and ``eos_token`` is unset.
+    """
+    root = Path(path).expanduser()
+    tokenizer_file = root / "tokenizer.json" if root.is_dir() else root
+    if not tokenizer_file.is_file():
+        raise FileNotFoundError(
+            f"tokenizer.path={path!r}: no tokenizer.json there; point it at the model directory "
+            "or at its tokenizer.json"
+        )
+    try:
+        from tokenizers import Tokenizer
+
+        vocab = Tokenizer.from_file(str(tokenizer_file)).get_vocab(with_added_tokens=True)
+    except Exception as e:  # tokenizers raises a bare Exception for any parse error
+        raise ValueError(
+            f"{tokenizer_file} is not a Hugging Face tokenizer file ({str(e)[:120]})"
+        ) from None
+    if eos_token is None:
+        eos_token = next((t for t in END_OF_TEXT_TOKENS if t in vocab), None)
+        if eos_token is None:
+            raise ValueError(
+                f"{tokenizer_file} has none of the usual end-of-text tokens "
+                f"({', '.join(END_OF_TEXT_TOKENS)}): set tokenizer.eos_token to the document "
+                f"separator the model was pretrained with; special tokens: "
+                f"{_special_tokens(tokenizer_file)}"
+            )
+    eos_id = _token_id(vocab, eos_token, "eos_token", tokenizer_file)
+    bos_id = None if bos_token is None else _token_id(vocab, bos_token, "bos_token", tokenizer_file)
+    return HFTokenizer(tokenizer_file, eos_id=eos_id, bos_id=bos_id, max_seq_len=max_seq_len)
+
+
+def _token_id(vocab: dict[str, int], token: str, field: str, tokenizer_file: Path) -> int:
+    if token in vocab:
+        return vocab[token]
+    similar = difflib.get_close_matches(token, list(vocab), n=5, cutoff=0.5)
+    hint = f"similar tokens: {', '.join(similar)}" if similar else "no similar token"
+    raise ValueError(
+        f"tokenizer.{field}={token!r} is not a token of {tokenizer_file} ({hint}); "
+        f"special tokens: {_special_tokens(tokenizer_file)}"
+    )
+
+
+def _special_tokens(tokenizer_file: Path, limit: int = 10) -> str:
+    added = json.loads(tokenizer_file.read_text(encoding="utf-8")).get("added_tokens") or []
+    return _list_tokens({t["content"]: t["id"] for t in added}, limit) or "none"
+
+
+def vocabulary_size(tokenizer: object) -> int | None:
+    """How many embedding rows a tokenizer's ids need (largest id + 1), or None if unknown.
+
+    Counts the ids text can encode to and the special ids the recipe adds (BOS, EOS, pad).
+    torchtune's Llama 3 tokenizer registers 256 reserved tokens up to id 128256, one past the
+    text models' 128,256-row embedding; they never occur in a corpus, so only its base
+    vocabulary counts.
+
+    Args:
+        tokenizer (object): a tokenizer built by this module (or any torchtune tokenizer).
+
+    Returns:
+        int | None: the id count.
+    """
+    if isinstance(tokenizer, HFTokenizer):
+        return tokenizer.vocab_size
+    used = [getattr(tokenizer, name, None) for name in ("bos_id", "eos_id", "pad_id")]
+    used = [i for i in used if isinstance(i, int)]
+    encoder = getattr(tokenizer, "encoder", None)  # torchtune's Qwen2.5 byte-level BPE
+    base = getattr(getattr(tokenizer, "tt_model", None), "base_vocab_size", None)  # tiktoken
+    if isinstance(encoder, dict):
+        special = getattr(tokenizer, "special_tokens", None) or {}
+        used += [*encoder.values(), *special.values()]
+    elif isinstance(base, int):
+        used.append(base - 1)
+    elif isinstance(getattr(tokenizer, "vocab_size", None), int):
+        used.append(tokenizer.vocab_size - 1)
+    return max(used) + 1 if used else None

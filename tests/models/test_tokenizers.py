@@ -21,7 +21,12 @@ from torchtune.models.llama3._tokenizer import CL100K_PATTERN, LLAMA3_SPECIAL_TO
 from torchtune.models.qwen2._tokenizer import PRETOKENIZE_REGEX as QWEN_PATTERN
 from torchtune.models.qwen2._tokenizer import bytes_to_unicode
 
-from adept_components.models.tokenizers import llama3_tokenizer, qwen3_tokenizer
+from adept_components.models.tokenizers import (
+    hf_tokenizer,
+    llama3_tokenizer,
+    qwen3_tokenizer,
+    vocabulary_size,
+)
 
 # Added after the base vocab, as in Qwen3's tokenizer.json (torchtune's Qwen2.5 tokenizer needs
 # the two tool-call tokens to exist).
@@ -290,3 +295,108 @@ def test_digit_splitting_differs_between_families(qwen, llama):
     llama_pieces = [llama_tok.decode([i]) for i in llama_tok.encode(number, False, False)]
     assert all(len(p.strip()) <= 1 for p in qwen_pieces), qwen_pieces
     assert any(len(p.strip()) > 1 for p in llama_pieces), llama_pieces
+
+
+# ------------------------------------------------------------------ any tokenizer.json
+
+
+@pytest.fixture(scope="module")
+def smol_style(tmp_path_factory) -> tuple[Tokenizer, Path]:
+    """A SmolLM2-style tokenizer.json: byte-level BPE, specials at ids 0.. before the vocab.
+
+    SmolLM2's file has ``<|endoftext|>`` = 0, ``<|im_start|>`` = 1, ``<|im_end|>`` = 2 and a
+    post-processor that adds nothing; a ``TemplateProcessing`` that would add ``<|im_start|>``
+    is attached here so the test shows the file's own post-processing is not applied.
+    """
+    from tokenizers import processors
+
+    tok = _train(QWEN_PATTERN, normalize=False)
+    tok.add_special_tokens(["<|endoftext|>", "<|im_start|>", "<|im_end|>"])
+    start = tok.token_to_id("<|im_start|>")
+    tok.post_processor = processors.TemplateProcessing(
+        single="<|im_start|> $A", special_tokens=[("<|im_start|>", start)]
+    )
+    model_dir = tmp_path_factory.mktemp("smol_model")
+    tok.save(str(model_dir / "tokenizer.json"))
+    return tok, model_dir
+
+
+@pytest.mark.parametrize("text", TEXTS)
+def test_hf_tokenizer_ids_equal_the_tokenizers_library(smol_style, text):
+    ref, model_dir = smol_style
+    tok = hf_tokenizer(str(model_dir))
+    assert (
+        tok.encode(text, add_bos=False, add_eos=False)
+        == ref.encode(text, add_special_tokens=False).ids
+    )
+    endoftext = ref.token_to_id("<|endoftext|>")
+    assert tok.encode(text) == ref.encode(text, add_special_tokens=False).ids + [endoftext]
+
+
+def test_hf_tokenizer_separator_by_name_and_optional_bos(smol_style):
+    ref, model_dir = smol_style
+    default = hf_tokenizer(str(model_dir / "tokenizer.json"))  # the file itself works too
+    assert default.eos_id == ref.token_to_id("<|endoftext|>")
+    assert default.bos_id is None and default.vocab_size == ref.get_vocab_size()
+    chat = hf_tokenizer(str(model_dir), eos_token="<|im_end|>", bos_token="<|im_start|>")
+    body = ref.encode("hello world", add_special_tokens=False).ids
+    assert chat.encode("hello world") == [ref.token_to_id("<|im_start|>"), *body] + [
+        ref.token_to_id("<|im_end|>")
+    ]
+    assert chat.encode("hello world", add_bos=False, add_eos=False) == body
+    assert chat.decode(chat.encode("hello world", add_bos=False, add_eos=False)) == "hello world"
+
+
+def test_hf_tokenizer_default_separator_is_the_models_end_of_text(tmp_path):
+    tok = _train(QWEN_PATTERN, normalize=False)
+    tok.add_special_tokens(["<s>", "</s>"])  # Llama 2 / Mistral style
+    tok.save(str(tmp_path / "tokenizer.json"))
+    assert hf_tokenizer(str(tmp_path)).eos_id == tok.token_to_id("</s>")
+
+
+def test_hf_tokenizer_unknown_token_lists_similar_ones(smol_style):
+    _, model_dir = smol_style
+    with pytest.raises(ValueError, match="eos_token='<|end_of_text|>' is not a token") as info:
+        hf_tokenizer(str(model_dir), eos_token="<|end_of_text|>")
+    assert "similar tokens: <|endoftext|>" in str(info.value)
+    with pytest.raises(ValueError, match="bos_token='<bos>' is not a token"):
+        hf_tokenizer(str(model_dir), bos_token="<bos>")
+
+
+def test_hf_tokenizer_without_end_of_text_needs_eos_token(tmp_path):
+    tok = _train(QWEN_PATTERN, normalize=False)
+    tok.add_special_tokens(["<|im_start|>", "<|im_end|>"])
+    tok.save(str(tmp_path / "tokenizer.json"))
+    with pytest.raises(ValueError, match="set tokenizer.eos_token") as info:
+        hf_tokenizer(str(tmp_path))
+    assert "<|im_start|>, <|im_end|>" in str(info.value)
+    assert hf_tokenizer(str(tmp_path), eos_token="<|im_end|>").eos_id == tok.token_to_id(
+        "<|im_end|>"
+    )
+
+
+def test_hf_tokenizer_bad_files(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no tokenizer.json there"):
+        hf_tokenizer(str(tmp_path))
+    (tmp_path / "tokenizer.json").write_text('{"not": "a tokenizer"}')
+    with pytest.raises(ValueError, match="is not a Hugging Face tokenizer file"):
+        hf_tokenizer(str(tmp_path))
+
+
+def test_vocabulary_size_of_every_builder(qwen, llama, smol_style):
+    qwen_ref, qwen_dir = qwen
+    assert vocabulary_size(qwen3_tokenizer(str(qwen_dir))) == qwen_ref.get_vocab_size()
+    # torchtune registers Llama 3's specials at 128000..128256 (one past the embedding of the
+    # text models); text ids and BOS/EOS/pad (128000, 128001, 128004) are what a corpus uses.
+    assert vocabulary_size(llama3_tokenizer(str(llama[1]))) == 128_005
+    smol_ref, smol_dir = smol_style
+    assert vocabulary_size(hf_tokenizer(str(smol_dir))) == smol_ref.get_vocab_size()
+
+
+def test_token_cache_key_follows_the_separator(smol_style):
+    from adept_components.data.token_cache import tokenizer_fingerprint
+
+    _, model_dir = smol_style
+    a = tokenizer_fingerprint(hf_tokenizer(str(model_dir)))
+    assert a == tokenizer_fingerprint(hf_tokenizer(str(model_dir)))
+    assert a != tokenizer_fingerprint(hf_tokenizer(str(model_dir), eos_token="<|im_end|>"))

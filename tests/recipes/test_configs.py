@@ -32,11 +32,34 @@ def test_the_paper_configs_are_shipped() -> None:
     assert expected <= set(PAPER_CONFIGS)
 
 
+# SmolLM2-135M-Instruct's config.json (what benchmarks/prepare_smollm2.py writes), for configs
+# that build the model from the checkpoint directory; 134,515,008 parameters published.
+SMOLLM2_CONFIG = {
+    "model_type": "llama",
+    "vocab_size": 49152,
+    "num_hidden_layers": 30,
+    "num_attention_heads": 9,
+    "num_key_value_heads": 3,
+    "hidden_size": 576,
+    "intermediate_size": 1536,
+    "head_dim": 64,
+    "max_position_embeddings": 8192,
+    "rms_norm_eps": 1e-5,
+    "rope_parameters": {"rope_theta": 100000.0, "rope_type": "default"},
+    "tie_word_embeddings": True,
+}
+
+
 @pytest.mark.parametrize("name", CPT_CONFIGS)
-def test_config_validates_and_builds_on_meta(name: str) -> None:
+def test_config_validates_and_builds_on_meta(name: str, tmp_path) -> None:
+    import json
+
     import adept_cpt
 
     cfg = load_config(["--config", name])
+    if name.startswith("smollm2_"):  # model_from_hf_config reads the prepared directory
+        (tmp_path / "config.json").write_text(json.dumps(SMOLLM2_CONFIG))
+        cfg.checkpointer.checkpoint_dir = str(tmp_path)
     OmegaConf.resolve(cfg)
     cfg.device = "cpu"  # the paper configs say cuda; this machine may have none
     adept_cpt._validate(cfg)
@@ -47,6 +70,8 @@ def test_config_validates_and_builds_on_meta(name: str) -> None:
     with torch.device("meta"):
         base = tt_config.instantiate(cfg.model)
     num_layers = len(base.layers)
+    if name.startswith("smollm2_"):
+        assert sum(p.numel() for p in base.parameters()) == 134_515_008
     k = cfg.expansion.num_layers
     meta = ExpansionMetadata(num_layers, uniform_source_layers(num_layers, k))
     with torch.device("meta"):

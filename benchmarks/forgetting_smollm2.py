@@ -1,0 +1,484 @@
+"""Benchmark: the forgetting frontier on a real pretrained model (SmolLM2-135M-Instruct).
+
+Does ADEPT gain the domain while losing less general competence than full continual
+pretraining at its best learning rate? Every run goes through the real recipe
+(``adept_cpt.main`` with the ``smollm2_135m_medical`` config and overrides) with the same seed,
+data order and token budget; only the method and its learning rate differ:
+
+- ``full`` and ``adept`` across learning rates (one frontier line each);
+- ``llama_pro``, ``no_stage2``, ``random`` and ``no_stage1`` at ADEPT's best rate (the one with
+  the largest domain gain minus mean general increase).
+
+Stage 1 is probed once (a ``stage1_only`` run) and every run reads that profile
+(``expansion.profile``), so the probe is paid once. After each run the final checkpoint is
+evaluated on three held-out sets, with the base model's values beside them: Wikipedia leads
+(general, encyclopedic), State of the Union paragraphs (general, speeches) and held-out medical
+documents (domain). Per run: general and domain deltas, trained parameters, median step time
+relative to full CPT, wall time; for expansion runs also each copy's effect on the general
+loss when it is skipped, and the unit learning-rate scales of the last re-scoring.
+
+Results go to ``benchmarks/results/forgetting_smollm2{tag}.{json,md,png}``; the JSON is
+rewritten after every run, and a rerun with the same tag skips the runs already in it.
+
+Needs the prepared model and text (see ``prepare_smollm2.py``, ``prepare_real_text.py``)::
+
+    python benchmarks/forgetting_smollm2.py --model-dir ~/models/SmolLM2-135M-Instruct \\
+        --data-dir ~/data/adept_real_text                  # ~2 h on 2 CPU cores
+    python benchmarks/forgetting_smollm2.py ... --device cuda   # bf16, fp32 copies: minutes
+    python benchmarks/forgetting_smollm2.py ... --quick         # smoke run, toy budget
+
+The model is the instruct checkpoint with dequantized 4-bit weights, not the published base.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import re
+import shlex
+import shutil
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import adept_cpt
+import torch
+from forgetting import _Captured, _copied_layers, _trainable_counts
+from torch import nn
+
+from adept_components.checkpointing import HFCheckpointer
+from adept_components.data import probe_batches, probe_dataset
+from adept_components.expansion import load_expansion_metadata
+from adept_components.importance.layer_importance import probe_loss
+from adept_components.models import model_from_hf_config
+from adept_components.models.tokenizers import hf_tokenizer
+
+BENCH_DIR = Path(__file__).resolve().parent
+RESULTS_DIR = BENCH_DIR / "results"
+CACHE_DIR = BENCH_DIR / ".cache" / "forgetting_smollm2"
+HELDOUT = {
+    "general_wiki": "general_heldout_wiki.txt",
+    "general_speech": "general_heldout_speech.txt",
+    "domain": "medical_heldout.txt",
+}
+ABLATIONS = ("llama_pro", "no_stage2", "random", "no_stage1")
+
+
+@dataclasses.dataclass(frozen=True)
+class Setting:
+    """What every run shares."""
+
+    steps: int = 100
+    batch_size: int = 4
+    seq_len: int = 256
+    k: int = 4
+    refresh_every: int = 25
+    warmup: int = 10
+    eval_samples: int = 32
+    seed: int = 0
+    full_lrs: tuple[float, ...] = (1e-5, 3e-5, 1e-4)
+    adept_lrs: tuple[float, ...] = (3e-4, 1e-3, 3e-3)
+
+    @property
+    def tokens(self) -> int:
+        return self.steps * self.batch_size * self.seq_len
+
+
+QUICK = Setting(
+    steps=4, refresh_every=2, warmup=1, eval_samples=4, full_lrs=(1e-4,), adept_lrs=(1e-3,)
+)
+
+
+class _Skipped(nn.Module):
+    """A decoder layer taken out of the residual stream: returns its input."""
+
+    def forward(self, x: torch.Tensor, **_: Any) -> torch.Tensor:
+        return x
+
+
+def base_overrides(args: argparse.Namespace, setting: Setting, output_dir: Path) -> list[str]:
+    """Overrides every run shares: paths, budget, seed, device, no canary (evaluated after)."""
+    s = setting.seq_len
+    overrides = [
+        f"output_dir={output_dir}",
+        f"data_dir={args.data_dir}",
+        f"checkpointer.checkpoint_dir={args.model_dir}",
+        f"seed={setting.seed}",
+        f"device={args.device}",
+        f"model.max_seq_len={s}",
+        f"tokenizer.max_seq_len={s}",
+        f"dataset.max_seq_len={s}",
+        f"dataset.cache_dir={CACHE_DIR / 'token_cache'}",
+        f"batch_size={setting.batch_size}",
+        f"max_steps={setting.steps}",
+        f"lr_scheduler.num_warmup_steps={setting.warmup}",
+        f"expansion.num_layers={setting.k}",
+        f"unit_tuning.refresh_every={setting.refresh_every}",
+        "canary.every_n_steps=0",
+        "save_every_n_steps=0",
+        "log_every_n_steps=1",
+    ]
+    if args.device == "cuda":
+        overrides += ["dtype=bf16", "trainable_dtype=fp32"]
+    return overrides + list(args.override)
+
+
+def run_recipe(argv: list[str]) -> tuple[float, list[str]]:
+    """``adept_cpt.main`` in this process; returns wall seconds and the recipe's log lines."""
+    print(f"\n=== adept_cpt.main({shlex.join(argv)})", flush=True)
+    handler = _Captured()
+    adept_cpt.log.addHandler(handler)
+    start = time.perf_counter()
+    try:
+        status = adept_cpt.main(argv)
+    finally:
+        adept_cpt.log.removeHandler(handler)
+    if status != 0:
+        raise RuntimeError(f"the recipe exited with status {status}")
+    return time.perf_counter() - start, handler.messages
+
+
+def read_metrics(output_dir: Path, step_tokens: int) -> tuple[list[float], dict[str, float]]:
+    """Per-step seconds (from tokens/s) and the last logged unit scales, from the DiskLogger file.
+
+    Args:
+        output_dir (Path): the run's output directory.
+        step_tokens (int): supervised tokens per optimizer step (``b × (s − 1)``).
+    """
+    log_file = sorted((output_dir / "logs").glob("log_*.txt"))[-1]
+    seconds, scales = [], {}
+    for line in log_file.read_text().splitlines():
+        fields = dict(re.findall(r"(\S+):(\S+)", line.partition("|")[2]))
+        if "tokens_per_second" in fields:
+            seconds.append(step_tokens / float(fields["tokens_per_second"]))
+        scales.update({k[6:]: float(v) for k, v in fields.items() if k.startswith("scale/")})
+    return seconds, scales
+
+
+class Evaluator:
+    """Held-out losses of a checkpoint on the three sets, plus copy-skip diagnostics."""
+
+    def __init__(self, args: argparse.Namespace, setting: Setting) -> None:
+        self.device = torch.device(args.device)
+        tokenizer = hf_tokenizer(str(args.model_dir))
+        self.batches = {}
+        for name, filename in HELDOUT.items():
+            data = probe_dataset(
+                tokenizer,
+                str(Path(args.data_dir).expanduser() / filename),
+                num_samples=setting.eval_samples,
+                max_seq_len=setting.seq_len,
+            )
+            self.batches[name] = probe_batches(data, 8)
+        self.seq_len = setting.seq_len
+
+    def load(self, directory: Path) -> nn.Module:
+        model = model_from_hf_config(str(directory), max_seq_len=self.seq_len)
+        HFCheckpointer(str(directory), str(directory)).load_into(model)
+        return model.to(device=self.device, dtype=torch.float32).eval()
+
+    def losses(self, model: nn.Module) -> dict[str, float]:
+        return {name: probe_loss(model, batches) for name, batches in self.batches.items()}
+
+    def copy_skips(self, model: nn.Module, positions: list[int]) -> dict[str, float]:
+        """General (Wikipedia) loss with each copy skipped, minus the trained model's."""
+        full = probe_loss(model, self.batches["general_wiki"])
+        out = {}
+        for position in positions:
+            layer, model.layers[position] = model.layers[position], _Skipped()
+            try:
+                out[str(position)] = probe_loss(model, self.batches["general_wiki"]) - full
+            finally:
+                model.layers[position] = layer
+        return out
+
+
+def output_norms(model: nn.Module, positions: list[int]) -> dict[str, dict[str, float]]:
+    """Frobenius norms of each copy's zero-initialised projections after training."""
+    return {
+        str(p): {
+            "output_proj": model.layers[p].attn.output_proj.weight.norm().item(),
+            "w2": model.layers[p].mlp.w2.weight.norm().item(),
+        }
+        for p in positions
+    }
+
+
+def step_floor(arch: dict[str, Any], trained: list[int] | None, depth: int, seq_len: int) -> float:
+    """Compute floor of a run relative to full CPT, in matmul FLOPs per token.
+
+    Full: forward through L layers and the head, backward 2x (input and weight gradients,
+    the tied head included). Otherwise, for a model of ``depth`` layers whose ``trained``
+    layers (copies, or original layers for ``no_stage1``) train: forward through every layer
+    and the head; input gradients for the head and every layer above the lowest trained one;
+    weight gradients for the trained layers. Attention-score FLOPs are counted per layer; the
+    optimizer is not.
+    """
+    d, i, heads = arch["hidden_size"], arch["intermediate_size"], arch["num_attention_heads"]
+    hd = arch.get("head_dim") or d // heads
+    kv = arch["num_key_value_heads"]
+    layer = 2 * d * heads * hd + 2 * d * kv * hd + 3 * d * i + 2 * seq_len * heads * hd
+    head = d * arch["vocab_size"]
+    full = 3 * (arch["num_hidden_layers"] * layer + head)
+    if trained is None:
+        return 1.0
+    above = depth - min(trained) - 1
+    return ((depth + above + len(trained)) * layer + 2 * head) / full
+
+
+def trained_layers(messages: list[str]) -> list[int] | None:
+    """The trained layer positions the recipe logged; None when every weight trains."""
+    for message in messages:
+        found = re.search(r"Trainable layers (\[[\d, ]*\])", message)
+        if found:
+            return json.loads(found[1])
+    return None
+
+
+@dataclasses.dataclass
+class Run:
+    name: str
+    method: str
+    lr: float
+
+
+def plan(setting: Setting, adept_best: float | None) -> list[Run]:
+    runs = [Run(f"adept_lr{lr:g}", "adept", lr) for lr in setting.adept_lrs]
+    runs += [Run(f"full_lr{lr:g}", "full", lr) for lr in setting.full_lrs]
+    if adept_best is not None:
+        runs += [Run(f"{m}_lr{adept_best:g}", m, adept_best) for m in ABLATIONS]
+    return runs
+
+
+def best_adept_lr(results: dict[str, dict[str, Any]]) -> float | None:
+    """ADEPT's best rate: largest domain gain minus mean general increase."""
+    adept = [r for r in results.values() if r["method"] == "adept" and not r.get("variant")]
+    if not adept:
+        return None
+    return max(adept, key=lambda r: r["domain_gain"] - r["general_increase"])["lr"]
+
+
+def execute(
+    args: argparse.Namespace, setting: Setting, run: Run, profile: Path, evaluator: Evaluator,
+    base: dict[str, float], arch: dict[str, Any],
+) -> dict[str, Any]:  # fmt: skip
+    output_dir = CACHE_DIR / f"runs{args.tag}" / run.name
+    shutil.rmtree(output_dir, ignore_errors=True)
+    argv = ["--config", "smollm2_135m_medical", *base_overrides(args, setting, output_dir)]
+    argv += [f"method={run.method}", f"optimizer.lr={run.lr}", f"expansion.profile={profile}"]
+    wall, messages = run_recipe(argv)
+    seconds, scales = read_metrics(output_dir, setting.batch_size * (setting.seq_len - 1))
+    final = output_dir / "final"
+    metadata = load_expansion_metadata(final)
+    positions = list(metadata.copy_positions) if metadata else None
+    model = evaluator.load(final)
+    losses = evaluator.losses(model)
+    record: dict[str, Any] = {
+        **dataclasses.asdict(run),
+        "losses": losses,
+        "general_increase_wiki": losses["general_wiki"] - base["general_wiki"],
+        "general_increase_speech": losses["general_speech"] - base["general_speech"],
+        "domain_gain": base["domain"] - losses["domain"],
+        "trainable": _trainable_counts(messages)[0],
+        "total": _trainable_counts(messages)[1],
+        "layers": _copied_layers(messages),
+        "copy_positions": positions,
+        "step_s_median": statistics.median(seconds[2:] or seconds),
+        "step_floor_vs_full": step_floor(
+            arch, trained_layers(messages), len(model.layers), setting.seq_len
+        ),
+        "wall_s": wall,
+        "unit_scales": scales,
+    }
+    record["general_increase"] = (
+        record["general_increase_wiki"] + record["general_increase_speech"]
+    ) / 2
+    if positions:
+        record["copy_skip_general_wiki"] = evaluator.copy_skips(model, positions)
+        record["copy_output_norms"] = output_norms(model, positions)
+    shutil.rmtree(final, ignore_errors=True)  # 0.6 GB of weights per run
+    print(
+        f"--> {run.name}: general +{record['general_increase']:.4f} (wiki "
+        f"{record['general_increase_wiki']:+.4f}, speech {record['general_increase_speech']:+.4f})"
+        f", domain gain {record['domain_gain']:+.4f}, {record['step_s_median']:.2f} s/step, "
+        f"wall {wall:.0f}s",
+        flush=True,
+    )
+    return record
+
+
+def ensure_profile(args: argparse.Namespace, setting: Setting) -> tuple[Path, float]:
+    """Stage 1 once: a ``stage1_only`` ADEPT run whose profile every run reuses."""
+    out = CACHE_DIR / f"stage1{args.tag}"
+    profile = out / "profile" / "layer_importance.json"
+    if profile.is_file():
+        return profile, 0.0
+    shutil.rmtree(out, ignore_errors=True)
+    argv = ["--config", "smollm2_135m_medical", *base_overrides(args, setting, out)]
+    wall, _ = run_recipe([*argv, "method=adept", "stage1_only=true"])
+    shutil.rmtree(out / "final", ignore_errors=True)
+    return profile, wall
+
+
+def write_report(record: dict[str, Any], tag: str) -> None:
+    """Table (markdown) and the frontier picture from the record."""
+    runs = list(record["runs"].values())
+    full_step = (
+        statistics.mean(r["step_s_median"] for r in runs if r["method"] == "full")
+        if any(r["method"] == "full" for r in runs)
+        else None
+    )
+    base = record["base"]
+    lines = [
+        f"command: {record['command']}",
+        "",
+        f"Base model: general held-out loss {base['general_wiki']:.4f} (Wikipedia), "
+        f"{base['general_speech']:.4f} (speeches); domain held-out loss {base['domain']:.4f}. "
+        f"Budget per run: {record['setting']['tokens']:,} tokens.",
+        "",
+        "| run | method | lr | copied layers | trained params (share) | general Δ wiki | general Δ "
+        "speech | domain gain | step time vs full | floor vs full | wall s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in runs:
+        ratio = f"{r['step_s_median'] / full_step:.2f}×" if full_step else "n/a"
+        lines.append(
+            f"| {r['name']} | {r['method']} | {r['lr']:g} | {r['layers']} | {r['trainable']:,} "
+            f"({100 * r['trainable'] / r['total']:.1f}%) | {r['general_increase_wiki']:+.4f} | "
+            f"{r['general_increase_speech']:+.4f} | {r['domain_gain']:+.4f} | {ratio} | "
+            f"{r['step_floor_vs_full']:.2f}× | {r['wall_s']:.0f} |"
+        )
+    lines += ["", f"Runtime: {record['seconds'] / 60:.1f} min in all (stage 1 probe "
+              f"{record['stage1_s'] / 60:.1f} min, once)."]  # fmt: skip
+    (RESULTS_DIR / f"forgetting_smollm2{tag}.md").write_text("\n".join(lines) + "\n")
+    plot_frontier(runs, RESULTS_DIR / f"forgetting_smollm2{tag}.png")
+
+
+_COLORS = {
+    "full": "tab:red",
+    "adept": "tab:green",
+    "llama_pro": "tab:orange",
+    "no_stage2": "tab:blue",
+    "random": "tab:purple",
+    "no_stage1": "tab:brown",
+}
+
+
+def plot_frontier(runs: list[dict[str, Any]], path: Path) -> None:
+    """Domain gain (x) against general loss increase (y), one line per method across lrs."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5), sharex=True)
+    for ax, key, title in (
+        (axes[0], "general_increase_wiki", "general: Wikipedia leads"),
+        (axes[1], "general_increase_speech", "general: State of the Union"),
+    ):
+        groups: dict[str, list[dict[str, Any]]] = {}
+        for r in runs:
+            groups.setdefault(r.get("variant") or r["method"], []).append(r)
+        for label, group in groups.items():
+            group = sorted(group, key=lambda r: r["lr"])
+            color = _COLORS.get(group[0]["method"], "gray")
+            style = "-" if not group[0].get("variant") else "--"
+            xs, ys = [r["domain_gain"] for r in group], [r[key] for r in group]
+            ax.plot(xs, ys, marker="o", color=color, linestyle=style, label=label)
+            for r, x, y in zip(group, xs, ys, strict=True):
+                ax.annotate(f"{r['lr']:g}", (x, y), textcoords="offset points", xytext=(4, 3),
+                            fontsize=7)  # fmt: skip
+        ax.set(xlabel="domain held-out loss decrease (nats)", ylabel="general held-out loss "
+               "increase (nats)", title=f"{title} (down-right is better)")  # fmt: skip
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle("SmolLM2-135M-Instruct (dequantized Q4_1), medical CPT, equal budget", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model-dir", type=Path, default=Path("~/models/SmolLM2-135M-Instruct"))
+    parser.add_argument("--data-dir", type=Path, default=Path("~/data/adept_real_text"))
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--quick", action="store_true", help="smoke run with a toy budget")
+    parser.add_argument("--tag", default="", help="suffix of the result files and run dirs")
+    parser.add_argument("--only", default="", help="comma-separated run names to do (default all)")
+    parser.add_argument(
+        "--variant",
+        nargs=2,
+        action="append",
+        default=[],
+        metavar=("NAME", "OVERRIDES"),
+        help="an extra ADEPT line at every ADEPT lr, e.g. sepnorm "
+        "'unit_tuning.separate_norm_range=true'",
+    )
+    parser.add_argument("--override", action="append", default=[], help="recipe key=value for all")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse_args(argv)
+    args.model_dir, args.data_dir = args.model_dir.expanduser(), args.data_dir.expanduser()
+    setting = QUICK if args.quick else Setting()
+    tag = args.tag + ("_quick" if args.quick else "")
+    args.tag = tag
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    json_path = RESULTS_DIR / f"forgetting_smollm2{tag}.json"
+    record: dict[str, Any] = (
+        json.loads(json_path.read_text()) if json_path.is_file() else {"runs": {}, "seconds": 0.0}
+    )
+    record["command"] = "python benchmarks/forgetting_smollm2.py " + shlex.join(argv)
+    record["setting"] = {**dataclasses.asdict(setting), "tokens": setting.tokens}
+    start = time.perf_counter() - record["seconds"]
+    profile, stage1_s = ensure_profile(args, setting)
+    record.setdefault("stage1_s", stage1_s)
+    record["profile"] = json.loads(profile.read_text())["layer_scores"]["mask-out"]
+    evaluator = Evaluator(args, setting)
+    arch = json.loads((args.model_dir / "config.json").read_text())
+    if "base" not in record:
+        record["base"] = evaluator.losses(evaluator.load(args.model_dir))
+    only = {n for n in args.only.split(",") if n}
+
+    def save() -> None:
+        record["seconds"] = time.perf_counter() - start
+        json_path.write_text(json.dumps(record, indent=1))
+        write_report(record, tag)
+
+    while True:
+        pending = [
+            r
+            for r in plan(setting, best_adept_lr(record["runs"]))
+            if r.name not in record["runs"] and (not only or r.name in only)
+        ]
+        for name, _ in args.variant:
+            pending += [
+                Run(f"adept_{name}_lr{lr:g}", "adept", lr)
+                for lr in setting.adept_lrs
+                if f"adept_{name}_lr{lr:g}" not in record["runs"]
+            ]
+        if not pending:
+            break
+        run = pending[0]
+        variant = next((v for v in args.variant if run.name.startswith(f"adept_{v[0]}_")), None)
+        if variant:
+            args.override.extend(shlex.split(variant[1]))
+        result = execute(args, setting, run, profile, evaluator, record["base"], arch)
+        if variant:
+            del args.override[-len(shlex.split(variant[1])) :]
+            result["variant"] = f"adept ({variant[0]})"
+        record["runs"][run.name] = result
+        save()
+    save()
+    print((RESULTS_DIR / f"forgetting_smollm2{tag}.md").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

