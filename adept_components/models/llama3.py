@@ -5,7 +5,8 @@ the output head to the embedding, ``llama3_2`` always applies Llama 3 RoPE scali
 hard-code the scaling's low/high frequency factors and original context (1, 4, 8192) and
 ``head_dim = embed_dim / num_heads``. Checkpoints of the Llama architecture vary in all of
 these (SmolLM2: tied, unscaled RoPE; Llama 3.2: tied, scaled), so ``llama`` takes every knob as
-an argument and assembles torchtune's own modules (attention, RoPE, SwiGLU MLP, RMSNorm).
+an argument and assembles torchtune's own modules (attention, RoPE, SwiGLU MLP, RMSNorm) with
+the decoder Qwen3 shares (``decoder.swiglu_decoder``).
 
 The named model builders (``llama3_1_8b`` ...) are torchtune's, re-exported so configs can say
 ``adept_components.models.llama3_1_8b`` like every other model of this package.
@@ -18,15 +19,9 @@ import dataclasses
 from torch import nn
 from torchtune.models.llama3_1 import Llama3ScaledRoPE, llama3_1_8b, llama3_1_70b
 from torchtune.models.llama3_2 import llama3_2_1b, llama3_2_3b
-from torchtune.modules import (
-    FeedForward,
-    MultiHeadAttention,
-    RMSNorm,
-    RotaryPositionalEmbeddings,
-    TiedLinear,
-    TransformerDecoder,
-    TransformerSelfAttentionLayer,
-)
+from torchtune.modules import MultiHeadAttention, RotaryPositionalEmbeddings, TransformerDecoder
+
+from adept_components.models.decoder import swiglu_decoder
 
 __all__ = [
     "Llama3RopeScaling",
@@ -125,9 +120,9 @@ def llama(
             high_freq_factor=rope_scaling.high_freq_factor,
             old_context_len=rope_scaling.original_max_position_embeddings,
         )
-    layers = nn.ModuleList()
-    for _ in range(num_layers):
-        attn = MultiHeadAttention(
+
+    def attention() -> MultiHeadAttention:
+        return MultiHeadAttention(
             embed_dim=embed_dim,
             num_heads=num_heads,
             num_kv_heads=num_kv_heads,
@@ -139,31 +134,16 @@ def llama(
             pos_embeddings=rope,
             max_seq_len=max_seq_len,
         )
-        mlp = FeedForward(
-            gate_proj=nn.Linear(embed_dim, intermediate_dim, bias=False),
-            down_proj=nn.Linear(intermediate_dim, embed_dim, bias=False),
-            up_proj=nn.Linear(embed_dim, intermediate_dim, bias=False),
-        )
-        layers.append(
-            TransformerSelfAttentionLayer(
-                attn=attn,
-                mlp=mlp,
-                sa_norm=RMSNorm(embed_dim, eps=norm_eps),
-                mlp_norm=RMSNorm(embed_dim, eps=norm_eps),
-            )
-        )
-    tok_embeddings = nn.Embedding(vocab_size, embed_dim)
-    output = (
-        TiedLinear(tok_embeddings)
-        if tie_word_embeddings
-        else nn.Linear(embed_dim, vocab_size, bias=False)
-    )
-    return TransformerDecoder(
-        tok_embeddings=tok_embeddings,
-        layers=layers,
-        max_seq_len=max_seq_len,
+
+    return swiglu_decoder(
+        attention,
+        vocab_size=vocab_size,
+        num_layers=num_layers,
         num_heads=num_heads,
+        embed_dim=embed_dim,
+        intermediate_dim=intermediate_dim,
+        max_seq_len=max_seq_len,
         head_dim=head_dim,
-        norm=RMSNorm(embed_dim, eps=norm_eps),
-        output=output,
+        norm_eps=norm_eps,
+        tie_word_embeddings=tie_word_embeddings,
     )

@@ -14,15 +14,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 from torchtune.models.qwen2._positional_embeddings import Qwen2RotaryPositionalEmbeddings
-from torchtune.modules import (
-    FeedForward,
-    MultiHeadAttention,
-    RMSNorm,
-    TiedLinear,
-    TransformerDecoder,
-    TransformerSelfAttentionLayer,
-)
+from torchtune.modules import MultiHeadAttention, RMSNorm, TransformerDecoder
 from torchtune.modules.attention_utils import _MaskType
+
+from adept_components.models.decoder import swiglu_decoder
 
 
 class Qwen3Attention(MultiHeadAttention):
@@ -129,9 +124,9 @@ def qwen3(
         TransformerDecoder: the model, randomly initialised.
     """
     rope = Qwen2RotaryPositionalEmbeddings(dim=head_dim, max_seq_len=max_seq_len, base=rope_base)
-    layers = nn.ModuleList()
-    for _ in range(num_layers):
-        attn = Qwen3Attention(
+
+    def attention() -> Qwen3Attention:
+        return Qwen3Attention(
             embed_dim=embed_dim,
             num_heads=num_heads,
             num_kv_heads=num_kv_heads,
@@ -146,33 +141,18 @@ def qwen3(
             max_seq_len=max_seq_len,
             attn_dropout=attn_dropout,
         )
-        mlp = FeedForward(
-            gate_proj=nn.Linear(embed_dim, intermediate_dim, bias=False),
-            down_proj=nn.Linear(intermediate_dim, embed_dim, bias=False),
-            up_proj=nn.Linear(embed_dim, intermediate_dim, bias=False),
-        )
-        layers.append(
-            TransformerSelfAttentionLayer(
-                attn=attn,
-                mlp=mlp,
-                sa_norm=RMSNorm(dim=embed_dim, eps=norm_eps),
-                mlp_norm=RMSNorm(dim=embed_dim, eps=norm_eps),
-            )
-        )
-    tok_embeddings = nn.Embedding(vocab_size, embed_dim)
-    output = (
-        TiedLinear(tok_embeddings)
-        if tie_word_embeddings
-        else nn.Linear(embed_dim, vocab_size, bias=False)
-    )
-    return TransformerDecoder(
-        tok_embeddings=tok_embeddings,
-        layers=layers,
-        max_seq_len=max_seq_len,
+
+    return swiglu_decoder(
+        attention,
+        vocab_size=vocab_size,
+        num_layers=num_layers,
         num_heads=num_heads,
+        embed_dim=embed_dim,
+        intermediate_dim=intermediate_dim,
+        max_seq_len=max_seq_len,
         head_dim=head_dim,
-        norm=RMSNorm(embed_dim, eps=norm_eps),
-        output=output,
+        norm_eps=norm_eps,
+        tie_word_embeddings=tie_word_embeddings,
     )
 
 
