@@ -351,10 +351,84 @@ def write_report(record: dict[str, Any], tag: str) -> None:
             f"{r['general_increase_speech']:+.4f} | {r['domain_gain']:+.4f} | {ratio} | "
             f"{r['step_floor_vs_full']:.2f}× | {r['wall_s']:.0f} |"
         )
-    lines += ["", f"Runtime: {record['seconds'] / 60:.1f} min in all (stage 1 probe "
+    lines += ["", *verdict(runs), "", *diagnostics(runs), ""]
+    lines += [f"Runtime: {record['seconds'] / 60:.1f} min in all (stage 1 probe "
               f"{record['stage1_s'] / 60:.1f} min, once)."]  # fmt: skip
     (RESULTS_DIR / f"forgetting_smollm2{tag}.md").write_text("\n".join(lines) + "\n")
     plot_frontier(runs, RESULTS_DIR / f"forgetting_smollm2{tag}.png")
+
+
+def frontier_at(runs: list[dict[str, Any]], gain: float, key: str) -> float | None:
+    """General increase of a method's frontier at domain gain ``gain`` (linear between its
+    learning rates; None outside the range its runs cover)."""
+    points = sorted((r["domain_gain"], r[key]) for r in runs)
+    for (x0, y0), (x1, y1) in zip(points, points[1:], strict=False):
+        if x0 <= gain <= x1:
+            return y0 if x1 == x0 else y0 + (y1 - y0) * (gain - x0) / (x1 - x0)
+    return points[0][1] if len(points) == 1 and points[0][0] == gain else None
+
+
+def verdict(runs: list[dict[str, Any]]) -> list[str]:
+    """At equal domain gain, whose general loss rises least; best domain gains compared."""
+    full = [r for r in runs if r["method"] == "full"]
+    adept = [r for r in runs if r["method"] == "adept" and not r.get("variant")]
+    lines = ["At equal domain gain (full CPT's frontier interpolated between its rates):", ""]
+    for r in runs:
+        if r["method"] == "full":
+            continue
+        parts = []
+        for key, label in (
+            ("general_increase_wiki", "wiki"),
+            ("general_increase_speech", "speech"),
+        ):
+            ref = frontier_at(full, r["domain_gain"], key)
+            if ref is None:
+                parts.append(f"{label}: outside full's range")
+            else:
+                side = (
+                    "below" if r[key] < ref - 2e-3 else "above" if r[key] > ref + 2e-3 else "equal"
+                )
+                parts.append(f"{label} {r[key]:+.4f} vs full {ref:+.4f} ({side})")
+        lines.append(f"- {r['name']} (gain {r['domain_gain']:+.4f}): " + "; ".join(parts))
+    if full and adept:
+        best_full = max(r["domain_gain"] for r in full)
+        best_adept = max(r["domain_gain"] for r in adept)
+        gap = 100 * (best_full - best_adept) / best_full
+        lines.append(
+            f"- best domain gain: ADEPT {best_adept:+.4f} vs full {best_full:+.4f}: ADEPT "
+            f"{gap:.1f}% below (goal: within 3%: {'met' if gap <= 3 else 'not met'})"
+        )
+    return lines
+
+
+def diagnostics(runs: list[dict[str, Any]]) -> list[str]:
+    """Per expansion run: what each copy does to the general loss, how far its zero-initialised
+    projections moved, and the unit scales of the last re-scoring."""
+    lines = ["Per copy (position): general (Wikipedia) loss change when the trained copy is "
+             "skipped, and the Frobenius norms of its zero-initialised o_proj / down_proj:", ""]  # fmt: skip
+    for r in runs:
+        if not r.get("copy_positions"):
+            continue
+        cells = [
+            f"{p}: skip {r['copy_skip_general_wiki'][str(p)]:+.4f}, |o| "
+            f"{r['copy_output_norms'][str(p)]['output_proj']:.3f}, |down| "
+            f"{r['copy_output_norms'][str(p)]['w2']:.3f}"
+            for p in r["copy_positions"]
+        ]
+        lines.append(f"- {r['name']}: " + "; ".join(cells))
+    lines += ["", "Unit LR scales after the last re-scoring (min / median / max):", ""]
+    for r in runs:
+        scales = r.get("unit_scales") or {}
+        if not scales or len(set(scales.values())) == 1:
+            continue
+        norms = [v for k, v in scales.items() if "norm" in k]
+        mats = [v for k, v in scales.items() if "norm" not in k]
+        lines.append(
+            f"- {r['name']}: matrices {min(mats):.2f} / {statistics.median(mats):.2f} / "
+            f"{max(mats):.2f}; norms {min(norms):.2f} / {statistics.median(norms):.2f} / "
+            f"{max(norms):.2f}"
+        )
+    return lines
 
 
 _COLORS = {
@@ -419,6 +493,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "'unit_tuning.separate_norm_range=true'",
     )
     parser.add_argument("--override", action="append", default=[], help="recipe key=value for all")
+    parser.add_argument("--report-only", action="store_true", help="rewrite .md/.png from the JSON")
     return parser.parse_args(argv)
 
 
@@ -434,6 +509,10 @@ def main(argv: list[str] | None = None) -> int:
     record: dict[str, Any] = (
         json.loads(json_path.read_text()) if json_path.is_file() else {"runs": {}, "seconds": 0.0}
     )
+    if args.report_only:
+        write_report(record, tag)
+        print((RESULTS_DIR / f"forgetting_smollm2{tag}.md").read_text())
+        return 0
     record["command"] = "python benchmarks/forgetting_smollm2.py " + shlex.join(argv)
     record["setting"] = {**dataclasses.asdict(setting), "tokens": setting.tokens}
     start = time.perf_counter() - record["seconds"]

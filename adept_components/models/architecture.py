@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import struct
 from pathlib import Path
 from typing import Any, Literal
 
@@ -261,8 +262,16 @@ def _rope_scaling(config: dict[str, Any], family: Family, source: str) -> Llama3
 
 
 def _float32_repr(value: float) -> float:
-    """The shortest decimal of a float32 value: GGUF-derived configs store 1e-5 as 9.99999974738e-06."""
-    return float(f"{float(value):.7g}")
+    """The shortest decimal with the same float32 value.
+
+    GGUF-derived configs store eps 1e-5 as its float32, 9.99999974738e-06; the model computes
+    in float32 either way, so the saved config can say 1e-05. Other values are kept as given.
+    """
+    value = float(value)
+    short = float(f"{value:.7g}")
+    as_float32 = struct.Struct("f")
+    same = as_float32.unpack(as_float32.pack(short)) == as_float32.unpack(as_float32.pack(value))
+    return short if same else value
 
 
 def architecture_of(model: nn.Module) -> ModelArchitecture:
