@@ -326,8 +326,8 @@ def ensure_profile(args: argparse.Namespace, setting: Setting) -> tuple[Path, fl
 def write_report(record: dict[str, Any], tag: str) -> None:
     """Table (markdown) and the frontier picture from the record."""
     runs = list(record["runs"].values())
-    full_step = (
-        statistics.mean(r["step_s_median"] for r in runs if r["method"] == "full")
+    full_step = (  # median over full's runs: robust to one run slowed by another job
+        statistics.median(r["step_s_median"] for r in runs if r["method"] == "full")
         if any(r["method"] == "full" for r in runs)
         else None
     )
