@@ -46,7 +46,7 @@ from typing import Any
 
 import adept_cpt
 import torch
-from forgetting import _Captured, _copied_layers, _trainable_counts
+from forgetting import RunSpec, _Captured, _copied_layers, _trainable_counts
 from torch import nn
 
 from adept_components.checkpointing import HFCheckpointer
@@ -238,18 +238,11 @@ def trained_layers(messages: list[str]) -> list[int] | None:
     return None
 
 
-@dataclasses.dataclass
-class Run:
-    name: str
-    method: str
-    lr: float
-
-
-def plan(setting: Setting, adept_best: float | None) -> list[Run]:
-    runs = [Run(f"adept_lr{lr:g}", "adept", lr) for lr in setting.adept_lrs]
-    runs += [Run(f"full_lr{lr:g}", "full", lr) for lr in setting.full_lrs]
+def plan(setting: Setting, adept_best: float | None) -> list[RunSpec]:
+    runs = [RunSpec(f"adept_lr{lr:g}", "adept", lr) for lr in setting.adept_lrs]
+    runs += [RunSpec(f"full_lr{lr:g}", "full", lr) for lr in setting.full_lrs]
     if adept_best is not None:
-        runs += [Run(f"{m}_lr{adept_best:g}", m, adept_best) for m in ABLATIONS]
+        runs += [RunSpec(f"{m}_lr{adept_best:g}", m, adept_best) for m in ABLATIONS]
     return runs
 
 
@@ -262,7 +255,7 @@ def best_adept_lr(results: dict[str, dict[str, Any]]) -> float | None:
 
 
 def execute(
-    args: argparse.Namespace, setting: Setting, run: Run, profile: Path, evaluator: Evaluator,
+    args: argparse.Namespace, setting: Setting, run: RunSpec, profile: Path, evaluator: Evaluator,
     base: dict[str, float], arch: dict[str, Any],
 ) -> dict[str, Any]:  # fmt: skip
     output_dir = CACHE_DIR / f"runs{args.tag}" / run.name
@@ -284,7 +277,9 @@ def execute(
         "domain_gain": base["domain"] - losses["domain"],
         "trainable": _trainable_counts(messages)[0],
         "total": _trainable_counts(messages)[1],
-        "layers": _copied_layers(messages),
+        "layers": _copied_layers(messages)
+        if run.method != "no_stage1"
+        else f"none (trains {trained_layers(messages)})",
         "copy_positions": positions,
         "step_s_median": statistics.median(seconds[2:] or seconds),
         "step_floor_vs_full": step_floor(
@@ -538,7 +533,7 @@ def main(argv: list[str] | None = None) -> int:
         ]
         for name, _ in args.variant:
             pending += [
-                Run(f"adept_{name}_lr{lr:g}", "adept", lr)
+                RunSpec(f"adept_{name}_lr{lr:g}", "adept", lr)
                 for lr in setting.adept_lrs
                 if f"adept_{name}_lr{lr:g}" not in record["runs"]
             ]

@@ -18,6 +18,7 @@ import hashlib
 import json
 from pathlib import Path
 
+from tokenizers import Tokenizer
 from torchtune.models.llama3 import Llama3Tokenizer
 from torchtune.models.llama3 import llama3_tokenizer as _tt_llama3_tokenizer
 from torchtune.models.qwen2_5._tokenizer import QWEN2_5_SPECIAL_TOKENS, Qwen2_5Tokenizer
@@ -223,7 +224,8 @@ class HFTokenizer:
     here, by id, so a ``tokenizer.json`` that appends chat tokens cannot change the corpus.
 
     Args:
-        tokenizer_file (Path): the ``tokenizer.json``.
+        tokenizer (tokenizers.Tokenizer): the parsed file.
+        tokenizer_file (Path): the ``tokenizer.json`` it came from (hashed for the token cache).
         eos_id (int): id appended after each document (``add_eos``).
         bos_id (int | None): id put before each document (``add_bos``); None adds nothing.
         max_seq_len (int | None): torchtune's message-truncation length; ``encode`` never
@@ -232,14 +234,13 @@ class HFTokenizer:
 
     def __init__(
         self,
+        tokenizer: Tokenizer,
         tokenizer_file: Path,
         eos_id: int,
         bos_id: int | None = None,
         max_seq_len: int | None = None,
     ) -> None:
-        from tokenizers import Tokenizer
-
-        self.tokenizer = Tokenizer.from_file(str(tokenizer_file))
+        self.tokenizer = tokenizer
         self.eos_id = eos_id
         self.bos_id = bos_id
         self.pad_id = eos_id  # probe batches ignore pad labels; any real id does
@@ -319,13 +320,12 @@ def hf_tokenizer(
             "or at its tokenizer.json"
         )
     try:
-        from tokenizers import Tokenizer
-
-        vocab = Tokenizer.from_file(str(tokenizer_file)).get_vocab(with_added_tokens=True)
+        tokenizer = Tokenizer.from_file(str(tokenizer_file))
     except Exception as e:  # tokenizers raises a bare Exception for any parse error
         raise ValueError(
             f"{tokenizer_file} is not a Hugging Face tokenizer file ({str(e)[:120]})"
         ) from None
+    vocab = tokenizer.get_vocab(with_added_tokens=True)
     if eos_token is None:
         eos_token = next((t for t in END_OF_TEXT_TOKENS if t in vocab), None)
         if eos_token is None:
@@ -337,7 +337,9 @@ def hf_tokenizer(
             )
     eos_id = _token_id(vocab, eos_token, "eos_token", tokenizer_file)
     bos_id = None if bos_token is None else _token_id(vocab, bos_token, "bos_token", tokenizer_file)
-    return HFTokenizer(tokenizer_file, eos_id=eos_id, bos_id=bos_id, max_seq_len=max_seq_len)
+    return HFTokenizer(
+        tokenizer, tokenizer_file, eos_id=eos_id, bos_id=bos_id, max_seq_len=max_seq_len
+    )
 
 
 def _token_id(vocab: dict[str, int], token: str, field: str, tokenizer_file: Path) -> int:
