@@ -132,21 +132,7 @@ class ExpansionMetadata:
         num = self.base_num_layers
         if not _is_index(num) or num < 1:
             raise ValueError(f"base_num_layers={num!r} must be a positive integer")
-        layers = list(self.source_layers)
-        bad = [i for i in layers if not (_is_index(i) and 0 <= i < num)]
-        if bad:
-            raise ValueError(
-                f"source_layers={layers} but the base model has {num} layers "
-                f"(valid: 0..{num - 1}); bad: {bad}"
-            )
-        duplicates = sorted({i for i in layers if layers.count(i) > 1})
-        if duplicates:
-            raise ValueError(f"source_layers={layers} repeats layers {duplicates}")
-        if not 1 <= len(layers) < num:
-            raise ValueError(
-                f"source_layers={layers}: k={len(layers)} but k must be in 1..{num - 1} "
-                f"for a {num}-layer base model"
-            )
+        check_selected_layers(self.source_layers, num, field="source_layers")
 
     def to_json(self) -> dict[str, Any]:
         """The JSON content of ``adept_expansion.json``.
@@ -199,6 +185,56 @@ class ExpansionMetadata:
                     "the file was edited by hand; fix source_layers and drop the derived fields"
                 )
         return meta
+
+
+def check_selected_layers(
+    layers: Sequence[int],
+    num_layers: int,
+    field: str = "layers",
+    expanding: bool = True,
+) -> list[int]:
+    """Validate a list of layer indices: integers in range, no repeats, a valid count (S1.3).
+
+    One check for every layer list: the layers to expand (``expansion.layers``, the
+    ``source_layers`` of ``ExpansionMetadata``, a profile's selection) and the layers to train
+    (``freeze_all_but``).
+
+    Args:
+        layers (Sequence[int]): 0-based layer indices.
+        num_layers (int): layers of the model they index.
+        field (str): the name the caller knows the list by, for the error message.
+        expanding (bool): the layers are base-model layers to copy, so ``1 <= k < L`` (at
+            least one layer is not copied); False for layers to train, which may be all ``L``.
+
+    Returns:
+        list[int]: the indices, sorted ascending.
+
+    Raises:
+        ValueError: an index that is not an integer or is out of range, a duplicate, an empty
+            list, or (``expanding``) as many layers as the model has.
+    """
+    layers = list(layers)
+    model = "base model" if expanding else "model"
+    bad = [i for i in layers if not (_is_index(i) and 0 <= i < num_layers)]
+    if bad:
+        raise ValueError(
+            f"{field}={layers} but the {model} has {num_layers} layers "
+            f"(valid: 0..{num_layers - 1}); bad: {bad}"
+        )
+    duplicates = sorted({i for i in layers if layers.count(i) > 1})
+    if duplicates:
+        raise ValueError(f"{field}={layers} repeats layers {duplicates}")
+    if expanding and not 1 <= len(layers) < num_layers:
+        raise ValueError(
+            f"{field}={layers}: k={len(layers)} but k must be in 1..{num_layers - 1} "
+            f"for a {num_layers}-layer base model"
+        )
+    if not layers:
+        raise ValueError(
+            f"{field}=[] but the model has {num_layers} layers: name at least one of "
+            f"0..{num_layers - 1}"
+        )
+    return sorted(layers)
 
 
 def uniform_source_layers(num_layers: int, k: int) -> list[int]:
@@ -392,22 +428,15 @@ def freeze_all_but(model: nn.Module, trainable_layers: Sequence[int]) -> Trainab
     Raises:
         ValueError: no layer given, an index out of range, or a duplicate.
     """
-    num = len(model.layers)
-    layers = list(trainable_layers)
-    bad = [i for i in layers if not (_is_index(i) and 0 <= i < num)]
-    if bad or not layers:
-        raise ValueError(
-            f"trainable_layers={layers} but the model has {num} layers "
-            f"(need at least one of 0..{num - 1}); bad: {bad}"
-        )
-    if len(set(layers)) != len(layers):
-        raise ValueError(f"trainable_layers={layers} repeats layers")
+    layers = check_selected_layers(
+        trainable_layers, len(model.layers), field="trainable_layers", expanding=False
+    )
     model.requires_grad_(False)
     for index in layers:
         model.layers[index].requires_grad_(True)
     params = list(model.parameters())  # de-duplicated: a shared tensor is counted once
     return TrainableSummary(
-        trainable_layers=tuple(sorted(layers)),
+        trainable_layers=tuple(layers),
         trainable_params=sum(p.numel() for p in params if p.requires_grad),
         total_params=sum(p.numel() for p in params),
     )

@@ -53,10 +53,11 @@ torch, torchtune and the recipe module.
 Run from the repository root (nothing is downloaded; about 11 minutes on 2 quiet CPU cores)::
 
     python benchmarks/cpu_vs_full_finetune.py
-    python benchmarks/cpu_vs_full_finetune.py --repeats 3 --threads 1 --workdir /tmp/adept_vs_full
+    python benchmarks/cpu_vs_full_finetune.py --repeats 3 --threads 1 --layers 16
 
-It prints the command, the setup, a markdown table with the three runs and the ratios, each
-run's own numbers, and the first-principles estimates of compute and memory beside them.
+It prints the command and its provenance (commit, torch, CPU, threads, date), the setup, a
+markdown table with the runs and the ratios, each run's own numbers, and the first-principles
+estimates of compute and memory beside them; ``--json`` also writes them, provenance included.
 """
 
 from __future__ import annotations
@@ -65,7 +66,6 @@ import argparse
 import dataclasses
 import json
 import os
-import re
 import shutil
 import statistics
 import subprocess
@@ -74,10 +74,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+import common
 import torch
 from torch.utils.data import Dataset
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = common.REPO
 DEMO = REPO / "adept_components" / "assets" / "demo"
 RUNS = ("torchtune_full", "torchtune_full_ac", "adept_cpt_full", "adept_cpt_adept")
 LABELS = {
@@ -113,8 +114,8 @@ def recipe_ordered_chunks(tokenizer: Any, source: str, max_seq_len: int, seed: i
 
     For torchtune's ``full_finetune_single_device`` (``dataset._component_``, ``shuffle:
     false``): its sequential sampler then hands out the same chunks per step as
-    ``AdeptCPTRecipe._micro_batch``, which walks ``randperm(n)`` seeded with
-    ``seed * 1_000_003 + epoch``. Labels equal tokens; the recipe shifts them itself.
+    adept_cpt, which walks ``epoch_order(n, seed, epoch)``. Labels equal tokens; the recipe
+    shifts them itself.
 
     Args:
         tokenizer (Any): the run's tokenizer (torchtune passes it first).
@@ -125,11 +126,10 @@ def recipe_ordered_chunks(tokenizer: Any, source: str, max_seq_len: int, seed: i
     Returns:
         Dataset: rows ``{"tokens": [...], "labels": [...]}``, all ``max_seq_len`` long.
     """
-    from adept_components.data import packed_text_dataset
+    from adept_components.data import epoch_order, packed_text_dataset
 
     chunks = packed_text_dataset(tokenizer, source, max_seq_len)
-    generator = torch.Generator().manual_seed(seed * 1_000_003)
-    return _TokensAndLabels(chunks, torch.randperm(len(chunks), generator=generator).tolist())
+    return _TokensAndLabels(chunks, epoch_order(len(chunks), seed, epoch=0))
 
 
 # ------------------------------------------------------------------------------ the shapes
@@ -203,13 +203,12 @@ def architecture(shape: Shape) -> Any:
 
 def write_base_model(shape: Shape, out_dir: Path) -> None:
     """Random-init Llama-3-architecture HF directory with a Qwen-format BPE tokenizer."""
-    from adept_components.assets.build_demo import train_qwen_tokenizer
-    from adept_components.checkpointing.hf_checkpointer import write_safetensors_shards
-    from adept_components.models.convert_weights import tune_to_hf
+    common.use_tools()
+    from build_demo import train_qwen_tokenizer
 
-    out_dir.mkdir(parents=True, exist_ok=True)
+    tokenizer_dir = out_dir.parent / f"{out_dir.name}_tokenizer"
     texts = [(DEMO / "general.txt").read_text(), (DEMO / "domain.txt").read_text()]
-    n_ids = train_qwen_tokenizer(texts, shape.vocab - _QWEN_SPECIAL_TOKENS, out_dir)
+    n_ids = train_qwen_tokenizer(texts, shape.vocab - _QWEN_SPECIAL_TOKENS, tokenizer_dir)
     if n_ids != shape.vocab:
         raise RuntimeError(f"the tokenizer has {n_ids} ids, the model {shape.vocab}")
     arch = architecture(shape)
@@ -217,10 +216,8 @@ def write_base_model(shape: Shape, out_dir: Path) -> None:
     model = arch.build()
     with torch.no_grad():  # torchtune leaves nn.Embedding at N(0, 1)
         model.tok_embeddings.weight.normal_(0.0, 0.02)
-    config = arch.to_hf_config({"bos_token_id": None, "torch_dtype": "float32"})
-    (out_dir / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
-    state = tune_to_hf({k: v.detach() for k, v in model.state_dict().items()}, arch)
-    write_safetensors_shards(state, out_dir, max_shard_size=2**40)
+    config = {"bos_token_id": None, "torch_dtype": "float32"}
+    common.write_hf_model(out_dir, model, arch, config, files=sorted(tokenizer_dir.iterdir()))
 
 
 def write_configs(shape: Shape, args: argparse.Namespace, work: Path) -> dict[str, Path]:
@@ -437,30 +434,6 @@ def import_baseline_rss(work: Path) -> int:
     return rss
 
 
-_METRIC = re.compile(r"([\w/]+):(tensor\()?([-+0-9.eE]+|nan|inf)\)?")
-
-
-def parse_steps(log_dir: Path, tokens_per_step: int) -> tuple[list[float], list[float]]:
-    """Step times (s) and losses from a DiskLogger file, in step order."""
-    files = sorted(log_dir.glob("log_*.txt"))
-    if len(files) != 1:
-        raise RuntimeError(f"expected one DiskLogger file in {log_dir}, found {files}")
-    times, losses = {}, {}
-    for line in files[0].read_text().splitlines():
-        match = re.match(r"Step (\d+) \| (.*)", line)
-        if not match:
-            continue
-        metrics = {m[0]: float(m[2]) for m in _METRIC.findall(match.group(2))}
-        rate = metrics.get("tokens_per_second", metrics.get("tokens_per_second_per_gpu"))
-        if rate is None:
-            continue  # e.g. unit-scale lines
-        step = int(match.group(1))
-        times[step] = tokens_per_step / rate
-        losses[step] = metrics["loss"]
-    steps = sorted(times)
-    return [times[s] for s in steps], [losses[s] for s in steps]
-
-
 def execute(
     name: str,
     repeat: int,
@@ -486,7 +459,9 @@ def execute(
         if name.startswith("torchtune_full")
         else shape.batch_size * (shape.seq_len - 1)
     )
-    run.step_times, run.losses = parse_steps(output_dir / "logs", tokens)
+    run.step_times, run.losses = common.step_times(
+        common.read_metric_log(output_dir / "logs"), tokens
+    )
     return run
 
 
@@ -523,17 +498,10 @@ def copy_positions(sources: list[int]) -> list[int]:
 def estimates(shape: Shape, sources: list[int]) -> dict[str, dict[str, float]]:
     """Per-step compute (FLOPs) and peak training memory (bytes) of full and ADEPT, fp32.
 
-    Compute, per token (matmul FLOPs; elementwise ops, norms and softmax left out):
-      a layer's forward ``F = 2·P_mm + 4·c·d`` (``P_mm`` its matmul weights; attention scores
-      and values over ``c = (s+1)/2`` causal positions on average), the head's ``H = 2·V·d``.
-      Backward of a matmul costs one forward for the input gradient and one for the weight
-      gradient.
-      full:  3·(L·F + H)            (+ L·F with activation checkpointing: the recompute)
-      ADEPT: (L+k)·F + H             forward through all L + k layers
-             + H                     input gradient of the (frozen) head
-             + (L+k−p)·F             input gradients of every layer from the top down to the
-                                     lowest copy at position p (nothing below it)
-             + k·2·P_mm              weight gradients of the k copies only
+    Compute: matmul FLOPs per token from ``common.flops_per_token`` (the model
+    ``gpu_throughput.py`` uses too), times the step's tokens: full over L layers (plus the
+    recompute of every layer's forward with activation checkpointing), ADEPT over L + k layers
+    with only the k copies training, the backward reaching down to the lowest copy.
     Memory (bytes):
       weights 4·N_model; gradients 4·N_train; AdamW 8·N_train (exp_avg, exp_avg_sq);
       saved activations per token: a trained layer (10·d + 4·i) floats (its input, norm
@@ -543,9 +511,9 @@ def estimates(shape: Shape, sources: list[int]) -> dict[str, dict[str, float]]:
       and log-probabilities). Counted with ``saved_tensors_hooks`` on this torchtune Llama.
     """
     d, i, V, L, k = shape.dim, shape.intermediate, shape.vocab, shape.layers, shape.k
-    c = (shape.seq_len + 1) / 2
-    F = 2 * shape.layer_matmul_params + 4 * c * d
-    H = 2 * V * d
+    numbers = common.LayerNumbers(shape.layer_matmul_params, V * d, shape.heads * shape.head_dim)
+    full_flops = common.flops_per_token(numbers, L, shape.seq_len, activation_checkpointing=True)
+    adept_flops = common.flops_per_token(numbers, L + k, shape.seq_len, copy_positions(sources))
     p = min(copy_positions(sources))
     tokens = shape.tokens
     trained_act, frozen_act, head_act = (10 * d + 4 * i) * 4, (6 * d + 3 * i) * 4, 2 * V * 4
@@ -553,7 +521,7 @@ def estimates(shape: Shape, sources: list[int]) -> dict[str, dict[str, float]]:
     n_copies = k * shape.layer_params
     above = L + k - p  # layers at positions p .. L+k-1: the k copies and the frozen ones between
     full = {
-        "flops": tokens * 3 * (L * F + H),
+        "flops": tokens * full_flops.model,
         "weights": 4 * n_full,
         "grads": 4 * n_full,
         "adamw": 8 * n_full,
@@ -562,7 +530,7 @@ def estimates(shape: Shape, sources: list[int]) -> dict[str, dict[str, float]]:
         "params": n_full,
     }
     adept = {
-        "flops": tokens * ((L + k) * F + 2 * H + above * F + k * 2 * shape.layer_matmul_params),
+        "flops": tokens * adept_flops.model,
         "weights": 4 * n_adept,
         "grads": 4 * n_copies,
         "adamw": 8 * n_copies,
@@ -575,7 +543,7 @@ def estimates(shape: Shape, sources: list[int]) -> dict[str, dict[str, float]]:
     # every layer's forward runs twice.
     full_ac = {
         **full,
-        "flops": full["flops"] + tokens * L * F,
+        "flops": tokens * (full_flops.model + full_flops.recompute),
         "activations": tokens * (L * d * 4 + trained_act + head_act),
     }
     for e in (full, full_ac, adept):
@@ -726,6 +694,7 @@ def print_report(
 
 
 def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--layers", type=int, default=28, help="base model layers")
     parser.add_argument("--dim", type=int, default=512)
@@ -753,7 +722,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--warmup", type=int, default=2, help="first steps not timed")
     parser.add_argument("--repeats", type=int, default=2, help="runs of each recipe")
     parser.add_argument("--runs", nargs="+", choices=RUNS, default=list(RUNS))
-    parser.add_argument("--workdir", type=Path, default=Path("/tmp/adept_cpu_vs_full"))
+    parser.add_argument(
+        "--workdir",
+        type=Path,
+        default=common.CACHE_DIR / "cpu_vs_full_finetune",
+        help="base model, configs and runs (emptied first)",
+    )
     parser.add_argument(
         "--threads", type=int, default=None, help="torch threads per run (default: torch's)"
     )
@@ -768,7 +742,8 @@ def main(argv: list[str] | None = None) -> None:
     if not args.probe and not args.copy_sources:
         args.copy_sources = paper_like_sources(args.layers, args.k)
 
-    print("$ python " + " ".join(sys.argv))
+    provenance = common.provenance([__file__, *argv])
+    print(f"$ {provenance['command']}\n{common.provenance_line(provenance)}")
     shape = Shape(
         layers=args.layers,
         dim=args.dim,
@@ -814,7 +789,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"\nTotal {time.perf_counter() - start:.0f}s")
     if args.json:
         report.update(
-            command="python " + " ".join(sys.argv),
+            command=provenance["command"],
+            provenance=provenance,
             shape=dataclasses.asdict(shape),
             baseline_rss=baseline,
             runs=[{**dataclasses.asdict(r), "output_dir": str(r.output_dir)} for r in runs],

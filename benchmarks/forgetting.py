@@ -15,8 +15,11 @@ an equal token budget and seed?
    with the forgetting canary on *all* of ``general_heldout.txt`` (*Persuasion*, a novel the
    base model never saw) and ``domain_heldout.txt`` (interleaved held-out maths).
 3. Reported per run: general held-out loss increase (final - base), domain held-out loss
-   decrease (base - final), trained parameters, wall time; a markdown table, a JSON record
-   and a PNG under ``benchmarks/results/``.
+   decrease (base - final), trained parameters, wall time and the part of it spent in canary
+   passes (the recipe's ``canary/seconds`` in its metric log); a markdown table, a JSON record
+   (with the command, commit and machine under ``provenance``) and a PNG under
+   ``benchmarks/results/``. A ``--quick`` smoke run writes them to the ignored
+   ``benchmarks/.cache/quick_results/`` instead: it checks the machinery, it measures nothing.
 
 Run from the repository root (CPU, fp32; nothing is downloaded)::
 
@@ -35,34 +38,24 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import logging
 import math
-import re
-import shlex
 import shutil
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import adept_cpt
+import common
 import torch
 
-from adept_components.assets.build_demo import DEMO_ARCHITECTURE, DEMO_DIR, pretrain
-from adept_components.checkpointing.hf_checkpointer import (
-    atomic_directory,
-    write_safetensors_shards,
-)
 from adept_components.data.sources import read_rows
 from adept_components.models.architecture import ModelArchitecture
-from adept_components.models.convert_weights import tune_to_hf
 from adept_components.models.tokenizers import qwen3_tokenizer
 
-BENCH_DIR = Path(__file__).resolve().parent
-CACHE_DIR = BENCH_DIR / ".cache" / "forgetting"
-RESULTS_DIR = BENCH_DIR / "results"
+common.use_tools()
+from build_demo import DEMO_ARCHITECTURE, DEMO_DIR, pretrain  # noqa: E402
+
+CACHE_DIR = common.CACHE_DIR / "forgetting"
 TOKENIZER_FILES = ("vocab.json", "merges.txt", "tokenizer.json")
 METHODS = ("full", "llama_pro", "no_stage2", "adept")
 GENERAL_HELDOUT = DEMO_DIR / "general_heldout.txt"
@@ -162,7 +155,7 @@ class RunResult:
     domain_base: float
     domain_final: float
     wall_s: float
-    canary_s: float
+    canary_s: float | None  # None: the recipe logged no canary/seconds
     curve: list[dict[str, float]]
 
     @property
@@ -242,19 +235,14 @@ def build_base_model(setting: Setting, out_dir: Path) -> dict[str, Any]:
     print(
         f"pretrained: loss {losses[0]:.3f} -> {record['final_loss_mean_last_20']:.3f} in {seconds:.0f}s"
     )
-
-    def write(tmp: Path) -> None:
-        for name in TOKENIZER_FILES:
-            shutil.copy2(tokenizer_dir / name, tmp / name)
-        config = arch.to_hf_config(
-            {"bos_token_id": None, "eos_token_id": tokenizer.eos_id, "torch_dtype": "float32"}
-        )
-        (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
-        state = tune_to_hf({k: v.detach() for k, v in model.state_dict().items()}, arch)
-        write_safetensors_shards(state, tmp, max_shard_size=2**40)
-        (tmp / "pretrain.json").write_text(json.dumps({**record, "losses": losses}, indent=1))
-
-    atomic_directory(out_dir, write)
+    common.write_hf_model(
+        out_dir,
+        model,
+        arch,
+        {"bos_token_id": None, "eos_token_id": tokenizer.eos_id, "torch_dtype": "float32"},
+        files=[tokenizer_dir / name for name in TOKENIZER_FILES],
+        extra_json={"pretrain.json": {**record, "losses": losses}},
+    )
     return record
 
 
@@ -274,40 +262,6 @@ def ensure_base_model(setting: Setting) -> tuple[Path, dict[str, Any], bool]:
 
 
 # ------------------------------------------------------------------------------ recipe runs
-
-
-class _Captured(logging.Handler):
-    """Keeps the recipe's log messages (the trainable-parameter line, selected layers)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.messages: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.messages.append(record.getMessage())
-
-
-@contextmanager
-def canary_timer() -> Iterator[list[float]]:
-    """Time the recipe's canary evaluations, which are benchmark overhead, not method cost.
-
-    Wraps ``AdeptCPTRecipe._canary_losses`` for the duration (measurement only; restored after).
-    """
-    spent = [0.0]
-    original = adept_cpt.AdeptCPTRecipe._canary_losses
-
-    def timed(recipe: adept_cpt.AdeptCPTRecipe) -> dict[str, float]:
-        start = time.perf_counter()
-        try:
-            return original(recipe)
-        finally:
-            spent[0] += time.perf_counter() - start
-
-    adept_cpt.AdeptCPTRecipe._canary_losses = timed
-    try:
-        yield spent
-    finally:
-        adept_cpt.AdeptCPTRecipe._canary_losses = original
 
 
 def count_paragraphs(path: Path) -> int:
@@ -352,21 +306,13 @@ def run_method(setting: Setting, spec: RunSpec, base_dir: Path, runs_dir: Path) 
     output_dir = runs_dir / spec.name
     shutil.rmtree(output_dir, ignore_errors=True)
     argv = ["--config", "tiny_demo", *recipe_overrides(setting, spec, base_dir, output_dir)]
-    print(f"\n=== {spec.name}: adept_cpt.main({argv})", flush=True)
-    handler = _Captured()
-    adept_cpt.log.addHandler(handler)
-    start = time.perf_counter()
-    try:
-        with canary_timer() as canary_s:
-            status = adept_cpt.main(argv)
-    finally:
-        adept_cpt.log.removeHandler(handler)
-    wall = time.perf_counter() - start
-    if status != 0:
-        raise RuntimeError(f"{spec.name}: the recipe exited with status {status}")
+    print(f"\n=== {spec.name}", flush=True)
+    wall, messages = common.run_recipe(argv)
     shutil.rmtree(output_dir / "final", ignore_errors=True)  # weights: not needed, ~50 MB
     curve = json.loads((output_dir / "canary.json").read_text())
-    trainable, total = _trainable_counts(handler.messages)
+    # Canary passes are benchmark overhead, not method cost: the recipe logs each one's time.
+    canary_s = common.metric_values(common.read_metric_log(output_dir / "logs"), "canary/seconds")
+    trainable, total = common.trainable_counts(messages)
     last = curve[-1]
     return RunResult(
         name=spec.name,
@@ -375,31 +321,15 @@ def run_method(setting: Setting, spec: RunSpec, base_dir: Path, runs_dir: Path) 
         tokens=setting.steps * setting.batch_size * setting.seq_len,
         trainable=trainable,
         total=total,
-        layers=_copied_layers(handler.messages),
+        layers=common.copied_layers(messages),
         general_base=last["general_base"],
         general_final=last["general_loss"],
         domain_base=last["domain_base"],
         domain_final=last["domain_loss"],
         wall_s=wall,
-        canary_s=canary_s[0],
+        canary_s=sum(canary_s) if canary_s else None,
         curve=curve,
     )
-
-
-def _trainable_counts(messages: list[str]) -> tuple[int, int]:
-    for message in messages:
-        found = re.search(r"trainable: ([\d,]+) / ([\d,]+)", message)
-        if found:
-            return int(found[1].replace(",", "")), int(found[2].replace(",", ""))
-    raise RuntimeError("the recipe did not log its trainable-parameter count")
-
-
-def _copied_layers(messages: list[str]) -> str:
-    for message in messages:
-        found = re.search(r"copies of (\[[\d, ]*\])", message)
-        if found:
-            return found[1]
-    return "all"
 
 
 # ---------------------------------------------------------------------------------- report
@@ -413,11 +343,12 @@ def markdown_table(results: list[RunResult]) -> str:
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
+        canary = "n/a" if r.canary_s is None else f"{r.canary_s:.0f}"
         lines.append(
             f"| {r.name} | {r.method} | {r.lr:g} | {r.layers} | {r.trainable:,} "
             f"({100 * r.trainable / r.total:.1f}%) | {r.general_increase:+.4f} "
             f"| {r.domain_decrease:+.4f} | {r.general_final:.4f} / {r.domain_final:.4f} "
-            f"| {r.wall_s:.0f} ({r.canary_s:.0f}) |"
+            f"| {r.wall_s:.0f} ({canary}) |"
         )
     base = results[0]
     lines.append(
@@ -513,7 +444,11 @@ def plot(results: list[RunResult], title: str, path: Path) -> Path:
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="< 3 min smoke run, toy budgets")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="< 3 min smoke run, toy budgets (results to benchmarks/.cache/quick_results)",
+    )
     parser.add_argument("--steps", type=int, help="CPT optimizer steps per method")
     parser.add_argument("--lr", type=float, help="learning rate of every method")
     parser.add_argument("--full-lr", type=float, help="extra full-CPT run at this LR (0 skips it)")
@@ -572,8 +507,9 @@ def run_specs(setting: Setting, methods: list[str]) -> list[RunSpec]:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    print("command: python benchmarks/forgetting.py " + shlex.join(argv), flush=True)
     args = parse_args(argv)
+    provenance = common.provenance([__file__, *argv])
+    print(f"command: {provenance['command']}\n{common.provenance_line(provenance)}", flush=True)
     setting = setting_from(args)
     tag = args.tag + ("_quick" if args.quick and "quick" not in args.tag else "")
     print(f"setting: {setting}", flush=True)
@@ -593,8 +529,8 @@ def main(argv: list[str] | None = None) -> int:
         + (", separate norm range" if setting.separate_norm_range else "")
         + f", seed {setting.seed}"
     )
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    png = plot(results, title, RESULTS_DIR / f"forgetting{tag}.png")
+    out_dir = common.results_dir(args.quick)
+    png = plot(results, title, out_dir / f"forgetting{tag}.png")
     table = markdown_table(results)
     checks = goal_checks(results)
     runtime = (
@@ -608,7 +544,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     report = "\n".join(
         [
-            f"command: python benchmarks/forgetting.py {shlex.join(argv)}",
+            f"command: {provenance['command']}",
+            common.provenance_line(provenance),
             "",
             table,
             "",
@@ -617,9 +554,10 @@ def main(argv: list[str] | None = None) -> int:
             runtime,
         ]
     )
-    (RESULTS_DIR / f"forgetting{tag}.md").write_text(report + "\n")
+    (out_dir / f"forgetting{tag}.md").write_text(report + "\n")
     record = {
-        "command": f"python benchmarks/forgetting.py {shlex.join(argv)}",
+        "command": provenance["command"],
+        "provenance": provenance,
         "setting": dataclasses.asdict(setting),
         "base_model": {"dir": str(base_dir), "pretrain": pretrain_record, "built_now": built},
         "runs": [
@@ -632,9 +570,9 @@ def main(argv: list[str] | None = None) -> int:
         ],
         "total_seconds": total,
     }
-    (RESULTS_DIR / f"forgetting{tag}.json").write_text(json.dumps(record, indent=1))
+    (out_dir / f"forgetting{tag}.json").write_text(json.dumps(record, indent=1))
     print("\n" + report)
-    print(f"\nplot: {png}\nrecord: {RESULTS_DIR / f'forgetting{tag}.json'}")
+    print(f"\nplot: {png}\nrecord: {out_dir / f'forgetting{tag}.json'}")
     return 0
 
 

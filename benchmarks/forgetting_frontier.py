@@ -3,7 +3,8 @@
 ``benchmarks/forgetting.py`` compares the methods at one learning rate per invocation. A
 method can look better at one LR only because it moves further along the same trade-off (a
 higher effective LR learns more domain and forgets more), so this helper gathers every
-result file it is given (default: every non-quick ``benchmarks/results/forgetting*.json``),
+result file it is given (default: every ``benchmarks/results/forgetting*.json`` that
+``forgetting.py`` wrote; the SmolLM2 record has its own report),
 draws each method's points across the LRs tried, joined in LR order, and writes a table of
 every run (all settings tried, none left out)::
 
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
+SMOLLM2_PREFIX = "forgetting_smollm2"  # forgetting_smollm2.py's record: another layout
 _COLORS = {
     "full": "tab:red",
     "llama_pro": "tab:orange",
@@ -104,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=RESULTS_DIR / "forgetting_frontier.png")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     files = args.files or sorted(
-        p for p in RESULTS_DIR.glob("forgetting*.json") if "quick" not in p.name
+        p for p in RESULTS_DIR.glob("forgetting*.json") if not p.name.startswith(SMOLLM2_PREFIX)
     )
     if not files:
         raise SystemExit(f"no result files: run benchmarks/forgetting.py first ({RESULTS_DIR})")

@@ -17,8 +17,10 @@ documents (domain). Per run: general and domain deltas, trained parameters, medi
 relative to full CPT, wall time; for expansion runs also each copy's effect on the general
 loss when it is skipped, and the unit learning-rate scales of the last re-scoring.
 
-Results go to ``benchmarks/results/forgetting_smollm2{tag}.{json,md,png}``; the JSON is
-rewritten after every run, and a rerun with the same tag skips the runs already in it.
+Results go to ``benchmarks/results/forgetting_smollm2{tag}.{json,md,png}`` (a ``--quick``
+smoke run's to the ignored ``benchmarks/.cache/quick_results/``); the JSON is rewritten after
+every run, and a rerun with the same tag skips the runs already in it. Each invocation adds its
+command to ``commands`` and its commit, libraries and machine to ``provenance``.
 
 Needs the prepared model and text (see ``prepare_smollm2.py``, ``prepare_real_text.py``)::
 
@@ -26,6 +28,7 @@ Needs the prepared model and text (see ``prepare_smollm2.py``, ``prepare_real_te
         --data-dir ~/data/adept_real_text                  # ~2 h on 2 CPU cores
     python benchmarks/forgetting_smollm2.py ... --device cuda   # bf16, fp32 copies: minutes
     python benchmarks/forgetting_smollm2.py ... --quick         # smoke run, toy budget
+    python benchmarks/forgetting_smollm2.py --report-only       # .md/.png again from the JSON
 
 The model is the instruct checkpoint with dequantized 4-bit weights, not the published base.
 """
@@ -35,7 +38,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import re
 import shlex
 import shutil
 import statistics
@@ -44,9 +46,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-import adept_cpt
+import common
 import torch
-from forgetting import RunSpec, _Captured, _copied_layers, _trainable_counts
+from forgetting import RunSpec
 from torch import nn
 
 from adept_components.checkpointing import HFCheckpointer
@@ -56,9 +58,7 @@ from adept_components.importance.layer_importance import probe_loss
 from adept_components.models import model_from_hf_config
 from adept_components.models.tokenizers import hf_tokenizer
 
-BENCH_DIR = Path(__file__).resolve().parent
-RESULTS_DIR = BENCH_DIR / "results"
-CACHE_DIR = BENCH_DIR / ".cache" / "forgetting_smollm2"
+CACHE_DIR = common.CACHE_DIR / "forgetting_smollm2"
 HELDOUT = {
     "general_wiki": "general_heldout_wiki.txt",
     "general_speech": "general_heldout_speech.txt",
@@ -126,38 +126,6 @@ def base_overrides(args: argparse.Namespace, setting: Setting, output_dir: Path)
     return overrides + list(args.override)
 
 
-def run_recipe(argv: list[str]) -> tuple[float, list[str]]:
-    """``adept_cpt.main`` in this process; returns wall seconds and the recipe's log lines."""
-    print(f"\n=== adept_cpt.main({shlex.join(argv)})", flush=True)
-    handler = _Captured()
-    adept_cpt.log.addHandler(handler)
-    start = time.perf_counter()
-    try:
-        status = adept_cpt.main(argv)
-    finally:
-        adept_cpt.log.removeHandler(handler)
-    if status != 0:
-        raise RuntimeError(f"the recipe exited with status {status}")
-    return time.perf_counter() - start, handler.messages
-
-
-def read_metrics(output_dir: Path, step_tokens: int) -> tuple[list[float], dict[str, float]]:
-    """Per-step seconds (from tokens/s) and the last logged unit scales, from the DiskLogger file.
-
-    Args:
-        output_dir (Path): the run's output directory.
-        step_tokens (int): supervised tokens per optimizer step (``b × (s − 1)``).
-    """
-    log_file = sorted((output_dir / "logs").glob("log_*.txt"))[-1]
-    seconds, scales = [], {}
-    for line in log_file.read_text().splitlines():
-        fields = dict(re.findall(r"(\S+):(\S+)", line.partition("|")[2]))
-        if "tokens_per_second" in fields:
-            seconds.append(step_tokens / float(fields["tokens_per_second"]))
-        scales.update({k[6:]: float(v) for k, v in fields.items() if k.startswith("scale/")})
-    return seconds, scales
-
-
 class Evaluator:
     """Held-out losses of a checkpoint on the three sets, plus copy-skip diagnostics."""
 
@@ -207,37 +175,6 @@ def output_norms(model: nn.Module, positions: list[int]) -> dict[str, dict[str, 
     }
 
 
-def step_floor(arch: dict[str, Any], trained: list[int] | None, depth: int, seq_len: int) -> float:
-    """Compute floor of a run relative to full CPT, in matmul FLOPs per token.
-
-    Full: forward through L layers and the head, backward 2x (input and weight gradients,
-    the tied head included). Otherwise, for a model of ``depth`` layers whose ``trained``
-    layers (copies, or original layers for ``no_stage1``) train: forward through every layer
-    and the head; input gradients for the head and every layer above the lowest trained one;
-    weight gradients for the trained layers. Attention-score FLOPs are counted per layer; the
-    optimizer is not.
-    """
-    d, i, heads = arch["hidden_size"], arch["intermediate_size"], arch["num_attention_heads"]
-    hd = arch.get("head_dim") or d // heads
-    kv = arch["num_key_value_heads"]
-    layer = 2 * d * heads * hd + 2 * d * kv * hd + 3 * d * i + 2 * seq_len * heads * hd
-    head = d * arch["vocab_size"]
-    full = 3 * (arch["num_hidden_layers"] * layer + head)
-    if trained is None:
-        return 1.0
-    above = depth - min(trained) - 1
-    return ((depth + above + len(trained)) * layer + 2 * head) / full
-
-
-def trained_layers(messages: list[str]) -> list[int] | None:
-    """The trained layer positions the recipe logged; None when every weight trains."""
-    for message in messages:
-        found = re.search(r"Trainable layers (\[[\d, ]*\])", message)
-        if found:
-            return json.loads(found[1])
-    return None
-
-
 def plan(setting: Setting, adept_best: float | None) -> list[RunSpec]:
     runs = [RunSpec(f"adept_lr{lr:g}", "adept", lr) for lr in setting.adept_lrs]
     runs += [RunSpec(f"full_lr{lr:g}", "full", lr) for lr in setting.full_lrs]
@@ -254,16 +191,38 @@ def best_adept_lr(results: dict[str, dict[str, Any]]) -> float | None:
     return max(adept, key=lambda r: r["domain_gain"] - r["general_increase"])["lr"]
 
 
+def step_floor(
+    model: nn.Module, trained: list[int] | None, base_layers: int, seq_len: int
+) -> float:
+    """Compute floor of a run relative to full CPT of the base model: matmul FLOPs per token.
+
+    Args:
+        model (nn.Module): the trained model (expanded or not).
+        trained (list[int] | None): positions of its trained layers; None when all train.
+        base_layers (int): layers of the base model.
+        seq_len (int): tokens per sequence.
+
+    Returns:
+        float: the run's FLOPs over full CPT's (``common.flops_per_token``).
+    """
+    numbers = common.layer_numbers(model)
+    run = common.flops_per_token(numbers, len(model.layers), seq_len, trained)
+    return run.model / common.flops_per_token(numbers, base_layers, seq_len).model
+
+
 def execute(
     args: argparse.Namespace, setting: Setting, run: RunSpec, profile: Path, evaluator: Evaluator,
-    base: dict[str, float], arch: dict[str, Any],
+    base: dict[str, float],
 ) -> dict[str, Any]:  # fmt: skip
     output_dir = CACHE_DIR / f"runs{args.tag}" / run.name
     shutil.rmtree(output_dir, ignore_errors=True)
     argv = ["--config", "smollm2_135m_medical", *base_overrides(args, setting, output_dir)]
     argv += [f"method={run.method}", f"optimizer.lr={run.lr}", f"expansion.profile={profile}"]
-    wall, messages = run_recipe(argv)
-    seconds, scales = read_metrics(output_dir, setting.batch_size * (setting.seq_len - 1))
+    wall, messages = common.run_recipe(argv)
+    rows = common.read_metric_log(output_dir / "logs")
+    seconds, _ = common.step_times(rows, setting.batch_size * (setting.seq_len - 1))
+    trainable, total = common.trainable_counts(messages)
+    trained = common.trained_layers(messages)
     final = output_dir / "final"
     metadata = load_expansion_metadata(final)
     positions = list(metadata.copy_positions) if metadata else None
@@ -275,18 +234,18 @@ def execute(
         "general_increase_wiki": losses["general_wiki"] - base["general_wiki"],
         "general_increase_speech": losses["general_speech"] - base["general_speech"],
         "domain_gain": base["domain"] - losses["domain"],
-        "trainable": _trainable_counts(messages)[0],
-        "total": _trainable_counts(messages)[1],
-        "layers": _copied_layers(messages)
+        "trainable": trainable,
+        "total": total,
+        "layers": common.copied_layers(messages)
         if run.method != "no_stage1"
-        else f"none (trains {trained_layers(messages)})",
+        else f"none (trains {trained})",
         "copy_positions": positions,
         "step_s_median": statistics.median(seconds[2:] or seconds),
         "step_floor_vs_full": step_floor(
-            arch, trained_layers(messages), len(model.layers), setting.seq_len
+            model, trained, len(model.layers) - len(positions or []), setting.seq_len
         ),
         "wall_s": wall,
-        "unit_scales": scales,
+        "unit_scales": common.latest_values(rows, "scale/"),
     }
     record["general_increase"] = (
         record["general_increase_wiki"] + record["general_increase_speech"]
@@ -313,13 +272,13 @@ def ensure_profile(args: argparse.Namespace, setting: Setting) -> tuple[Path, fl
         return profile, 0.0
     shutil.rmtree(out, ignore_errors=True)
     argv = ["--config", "smollm2_135m_medical", *base_overrides(args, setting, out)]
-    wall, _ = run_recipe([*argv, "method=adept", "stage1_only=true"])
+    wall, _ = common.run_recipe([*argv, "method=adept", "stage1_only=true"])
     shutil.rmtree(out / "final", ignore_errors=True)
     return profile, wall
 
 
-def write_report(record: dict[str, Any], tag: str) -> None:
-    """Table (markdown) and the frontier picture from the record."""
+def write_report(record: dict[str, Any], tag: str, out_dir: Path) -> None:
+    """Table (markdown) and the frontier picture from the record, into ``out_dir``."""
     runs = list(record["runs"].values())
     full_step = (  # median over full's runs: robust to one run slowed by another job
         statistics.median(r["step_s_median"] for r in runs if r["method"] == "full")
@@ -327,8 +286,10 @@ def write_report(record: dict[str, Any], tag: str) -> None:
         else None
     )
     base = record["base"]
+    commands = record.get("commands") or [record["command"]]
     lines = [
-        f"command: {record['command']}",
+        *(f"command: {command}" for command in commands),
+        *provenance_lines(record.get("provenance", []), commands),
         "",
         f"Base model: general held-out loss {base['general_wiki']:.4f} (Wikipedia), "
         f"{base['general_speech']:.4f} (speeches); domain held-out loss {base['domain']:.4f}. "
@@ -349,8 +310,28 @@ def write_report(record: dict[str, Any], tag: str) -> None:
     lines += ["", *verdict(runs), "", *diagnostics(runs), ""]
     lines += [f"Runtime: {record['seconds'] / 60:.1f} min in all (stage 1 probe "
               f"{record['stage1_s'] / 60:.1f} min, once)."]  # fmt: skip
-    (RESULTS_DIR / f"forgetting_smollm2{tag}.md").write_text("\n".join(lines) + "\n")
-    plot_frontier(runs, RESULTS_DIR / f"forgetting_smollm2{tag}.png")
+    (out_dir / f"forgetting_smollm2{tag}.md").write_text("\n".join(lines) + "\n")
+    plot_frontier(runs, out_dir / f"forgetting_smollm2{tag}.png")
+
+
+def provenance_lines(invocations: list[dict[str, Any]], commands: list[str]) -> list[str]:
+    """One provenance line per invocation, naming its command's number when there are several.
+
+    Args:
+        invocations (list[dict]): ``common.provenance`` of every invocation, in order (records
+            written before provenance was kept have none).
+        commands (list[str]): the distinct commands, as the report lists them.
+
+    Returns:
+        list[str]: the report lines.
+    """
+    lines = []
+    for p in invocations:
+        label = "provenance"
+        if len(commands) > 1 and p["command"] in commands:
+            label += f" (command {commands.index(p['command']) + 1})"
+        lines.append(common.provenance_line(p, label))
+    return lines
 
 
 def frontier_at(runs: list[dict[str, Any]], gain: float, key: str) -> float | None:
@@ -475,7 +456,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--model-dir", type=Path, default=Path("~/models/SmolLM2-135M-Instruct"))
     parser.add_argument("--data-dir", type=Path, default=Path("~/data/adept_real_text"))
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--quick", action="store_true", help="smoke run with a toy budget")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke run with a toy budget (results to benchmarks/.cache/quick_results)",
+    )
     parser.add_argument("--tag", default="", help="suffix of the result files and run dirs")
     parser.add_argument("--only", default="", help="comma-separated run names to do (default all)")
     parser.add_argument(
@@ -486,6 +471,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         metavar=("NAME", "OVERRIDES"),
         help="an extra ADEPT line at every ADEPT lr, e.g. sepnorm "
         "'unit_tuning.separate_norm_range=true'",
+    )
+    parser.add_argument(
+        "--variant-lrs",
+        default="",
+        help="comma-separated ADEPT lrs the variants run at (default: every ADEPT lr)",
     )
     parser.add_argument("--override", action="append", default=[], help="recipe key=value for all")
     parser.add_argument("--report-only", action="store_true", help="rewrite .md/.png from the JSON")
@@ -499,23 +489,29 @@ def main(argv: list[str] | None = None) -> int:
     setting = QUICK if args.quick else Setting()
     tag = args.tag + ("_quick" if args.quick else "")
     args.tag = tag
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    json_path = RESULTS_DIR / f"forgetting_smollm2{tag}.json"
+    out_dir = common.results_dir(args.quick)
+    json_path = out_dir / f"forgetting_smollm2{tag}.json"
     record: dict[str, Any] = (
         json.loads(json_path.read_text()) if json_path.is_file() else {"runs": {}, "seconds": 0.0}
     )
     if args.report_only:
-        write_report(record, tag)
-        print((RESULTS_DIR / f"forgetting_smollm2{tag}.md").read_text())
+        if not record["runs"]:
+            raise SystemExit(f"--report-only: no runs in {json_path}")
+        write_report(record, tag, out_dir)
+        print((out_dir / f"forgetting_smollm2{tag}.md").read_text())
         return 0
-    record["command"] = "python benchmarks/forgetting_smollm2.py " + shlex.join(argv)
+    provenance = common.provenance([__file__, *argv])
+    record["command"] = provenance["command"]
+    record.setdefault("commands", [])
+    if record["command"] not in record["commands"]:
+        record["commands"].append(record["command"])
+    record.setdefault("provenance", []).append(provenance)
     record["setting"] = {**dataclasses.asdict(setting), "tokens": setting.tokens}
     start = time.perf_counter() - record["seconds"]
     profile, stage1_s = ensure_profile(args, setting)
     record.setdefault("stage1_s", stage1_s)
     record["profile"] = json.loads(profile.read_text())["layer_scores"]["mask-out"]
     evaluator = Evaluator(args, setting)
-    arch = json.loads((args.model_dir / "config.json").read_text())
     if "base" not in record:
         record["base"] = evaluator.losses(evaluator.load(args.model_dir))
     only = {n for n in args.only.split(",") if n}
@@ -523,7 +519,7 @@ def main(argv: list[str] | None = None) -> int:
     def save() -> None:
         record["seconds"] = time.perf_counter() - start
         json_path.write_text(json.dumps(record, indent=1))
-        write_report(record, tag)
+        write_report(record, tag, out_dir)
 
     while True:
         pending = [
@@ -531,10 +527,11 @@ def main(argv: list[str] | None = None) -> int:
             for r in plan(setting, best_adept_lr(record["runs"]))
             if r.name not in record["runs"] and (not only or r.name in only)
         ]
+        variant_lrs = [float(lr) for lr in args.variant_lrs.split(",") if lr]
         for name, _ in args.variant:
             pending += [
                 RunSpec(f"adept_{name}_lr{lr:g}", "adept", lr)
-                for lr in setting.adept_lrs
+                for lr in variant_lrs or setting.adept_lrs
                 if f"adept_{name}_lr{lr:g}" not in record["runs"]
             ]
         if not pending:
@@ -543,14 +540,14 @@ def main(argv: list[str] | None = None) -> int:
         variant = next((v for v in args.variant if run.name.startswith(f"adept_{v[0]}_")), None)
         if variant:
             args.override.extend(shlex.split(variant[1]))
-        result = execute(args, setting, run, profile, evaluator, record["base"], arch)
+        result = execute(args, setting, run, profile, evaluator, record["base"])
         if variant:
             del args.override[-len(shlex.split(variant[1])) :]
             result["variant"] = f"adept ({variant[0]})"
         record["runs"][run.name] = result
         save()
     save()
-    print((RESULTS_DIR / f"forgetting_smollm2{tag}.md").read_text())
+    print((out_dir / f"forgetting_smollm2{tag}.md").read_text())
     return 0
 
 

@@ -1,22 +1,28 @@
 #!/usr/bin/env bash
-# Python packages for benchmarks/gpu_throughput.py on the GPU machine, from wheels carried along.
+# Python packages for benchmarks/gpu_throughput.py on a GPU machine that has no package index,
+# from wheels downloaded beforehand on a machine that has one.
 #
-# That machine has python3 3.12 with torch 2.11 (and numpy, safetensors, tqdm, matplotlib,
-# huggingface-hub 1.33, pyarrow, pandas, xxhash, pyyaml, sentencepiece, tiktoken, setuptools,
-# ...) but no package index and none of: torchtune, torchao, omegaconf, datasets (torchtune
-# 0.6.1 imports it when imported), dill and multiprocess (datasets needs both when imported).
-# Those six are the whole set `import torchtune, adept_cpt` needs there (sentencepiece and
-# tiktoken, which `import torchtune` also needs, are in the image); torchdata, blobfile and
-# kagglehub are torchtune requirements the benchmark never imports. setuptools is downloaded
-# only for the isolated build of the editable install of this package. Checked here in a fresh
-# virtual environment holding only torch and those image packages (TARGET_PYTHON=3.11).
+# The GPU machine this was prepared for has python3 3.12 with a CUDA torch 2.11 (and numpy,
+# safetensors, tqdm, matplotlib, huggingface-hub 1.33, pyarrow, pandas, xxhash, pyyaml,
+# sentencepiece, tiktoken, setuptools, ...) but none of: torchtune, torchao, omegaconf, datasets
+# (torchtune 0.6.1 imports it when imported), dill and multiprocess (datasets needs both when
+# imported). Those six are the whole set `import torchtune, adept_cpt` needs there (sentencepiece
+# and tiktoken, which `import torchtune` also needs, are already installed); torchdata, blobfile
+# and kagglehub are torchtune requirements the benchmark never imports. setuptools is downloaded
+# only for the isolated build of the editable install of this package. Checked in a fresh
+# virtual environment holding only torch and those other packages (TARGET_PYTHON=3.11).
 #
-#   here (PyPI reachable):  bash benchmarks/gpu_setup.sh download   # -> benchmarks/wheels/ (~10 MB)
-#   on the GPU machine:     bash benchmarks/gpu_setup.sh install
-#   then:                   python3 benchmarks/gpu_throughput.py --json "$OUT/gpu_throughput.json"
+# 1. On a machine with PyPI access, from the repository root:
+#      bash benchmarks/gpu_setup.sh download      # -> benchmarks/wheels/ (~10 MB)
+# 2. Copy the repository, benchmarks/wheels/ included, to the GPU machine. There, from the
+#    repository root:
+#      bash benchmarks/gpu_setup.sh install
+#      python3 benchmarks/gpu_throughput.py --json benchmarks/results/gpu_throughput.json \
+#          --markdown benchmarks/results/gpu_throughput.md
+# 3. Copy benchmarks/results/gpu_throughput.json and .md back.
 #
-# benchmarks/wheels/ must never be committed: `download` writes a .gitignore of `*` into it, so
-# git ignores the folder, and a device run must name it in `carry` to take it along.
+# benchmarks/wheels/ is never committed: `download` writes a .gitignore of `*` into it, so git
+# ignores the folder. Copy it along explicitly: a copy of the tracked files alone leaves it out.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -36,7 +42,7 @@ BUILD=(setuptools==84.2.1)
 case "${1:-}" in
   download)
     mkdir -p "$WHEELS"
-    echo "*" >"$WHEELS/.gitignore"  # git ignores the folder: never committed, carried instead
+    echo "*" >"$WHEELS/.gitignore"  # git ignores the folder: never committed, copied instead
     "$PYTHON" -m pip download --no-deps --only-binary=:all: \
       --python-version "$TARGET_PYTHON" --implementation cp \
       --platform manylinux_2_28_x86_64 --platform manylinux_2_24_x86_64 \

@@ -13,7 +13,7 @@ model two methods run, one after the other, each in a fresh process:
 The training step is the recipe's own: the config is ``recipe_configs/qwen3_8b_medical.yaml``
 with overrides, an ``AdeptCPTRecipe`` is built from it, the model is handed to it in place of
 the checkpoint load, then ``setup_training()`` (activation checkpointing, loss, optimizer, LR
-schedule) and ``_train_step()`` (forward, chunked CE loss, backward, grad clipping, optimizer
+schedule) and ``train_step()`` (forward, chunked CE loss, backward, grad clipping, optimizer
 and scheduler step, zero_grad) run unchanged, on random token chunks.
 
 Measured per (model, method): median step time over ``--steps`` steps after ``--warmup``,
@@ -21,25 +21,14 @@ tokens/s = batch·seq / step time, peak ``torch.cuda.max_memory_allocated`` (and
 the whole process (weights, gradients, AdamW state, activations), and model FLOPs utilisation
 MFU = tokens/s · FLOPs per token / peak bf16 FLOP/s (``--peak-tflops``, H200 dense: 989).
 
-FLOPs per token (matmuls only; embedding lookup, norms, elementwise left out). With ``P`` the
-matmul weights of one layer, ``H = V·d`` the output head, ``L`` base layers, ``k`` copies, ``p``
-the position of the lowest copy in the expanded model, and ``A = 4·c·n_h·d_h`` one layer's
-attention-score and -value FLOPs in the forward (``c = (s+1)/2``, the mean causal context):
-
-    forward of a matmul:                      2·(weights)
-    backward of a matmul:                     2·(weights) for the input gradient
-                                              + 2·(weights) for the weight gradient, if it trains
-    full   = 6·(L·P + H)                      the familiar 6·N, N = L·P + H
-             + 3·L·A                          attention: forward + 2x in backward
-    ADEPT  = 2·((L+k)·P + H)                  forward through all L + k layers and the head
-             + 2·H                            input gradient of the frozen head
-             + 2·(L+k−p)·P                    input gradients from the top down to the lowest copy
-             + 2·k·P                          weight gradients of the k copies only
-             + (L+k)·A + 2·(L+k−p)·A          attention forward everywhere, backward above p
-
-Layers below ``p`` build no autograd graph. MFU counts these model FLOPs; activation
-checkpointing re-runs each wrapped layer's forward (``2·P + A`` more per layer), counted only in
-HFU (hardware FLOPs utilisation), which is printed beside it.
+FLOPs per token: ``common.flops_per_token`` (matmuls only; the derivation is in its
+docstring). With ``P`` the matmul weights of one layer, ``H = V·d`` the output head, ``L`` base
+layers, ``k`` copies, ``p`` the position of the lowest copy in the expanded model and ``A`` one
+layer's attention-score and -value FLOPs in the forward: full ``6·(L·P + H) + 3·L·A``, ADEPT
+``2·((L+k)·P + H) + 2·H + 2·(L+k−p)·P + 2·k·P + (L+k)·A + 2·(L+k−p)·A``. Layers below ``p``
+build no autograd graph. MFU counts these model FLOPs; activation checkpointing re-runs each
+wrapped layer's forward (``2·P + A`` more per layer), counted only in HFU (hardware FLOPs
+utilisation), which is printed beside it.
 
 Batch and activation checkpointing: ``full`` takes the largest of ``--batch-sizes`` that fits
 without checkpointing, else the largest that fits with it. ``adept`` then runs at the same batch
@@ -54,7 +43,10 @@ before activations: no batch fits one H200 (141 GB), and the table says so.
 
 Run on the GPU machine (after ``bash benchmarks/gpu_setup.sh install``; under 10 minutes)::
 
-    python benchmarks/gpu_throughput.py --json /tmp/gpu_throughput.json
+    python benchmarks/gpu_throughput.py --json benchmarks/results/gpu_throughput.json \
+        --markdown benchmarks/results/gpu_throughput.md
+
+Both files start with the command and its provenance (commit, torch, GPU, date).
 
 End-to-end check on CPU with a tiny Qwen3 (same code path, seconds)::
 
@@ -78,6 +70,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import common
 import torch
 
 # The paper's selected layers (spec S1.3) and the tiny smoke-test model.
@@ -113,68 +106,6 @@ class Spec:
     dtype: str
     trainable_dtype: str
     grad_accum: int
-
-
-# ------------------------------------------------------------------------------ FLOPs
-
-
-@dataclasses.dataclass(frozen=True)
-class Flops:
-    """Per-token FLOPs of one training step, split as in the module docstring."""
-
-    model: float  # what MFU counts
-    recompute: float  # extra forward under activation checkpointing (HFU only)
-
-
-def layer_numbers(model: torch.nn.Module) -> dict[str, int]:
-    """P (matmul weights of one layer), H (head), attention width, from the built model."""
-    layer = model.layers[0]
-    matmul = sum(m.weight.numel() for m in layer.modules() if isinstance(m, torch.nn.Linear))
-    return {
-        "P": matmul,
-        "H": model.tok_embeddings.num_embeddings * model.tok_embeddings.embedding_dim,
-        "attn_width": layer.attn.num_heads * layer.attn.head_dim,
-    }
-
-
-def flops_per_token(
-    numbers: dict[str, int],
-    num_layers: int,
-    seq_len: int,
-    copy_positions: list[int] | None,
-    activation_checkpointing: bool,
-) -> Flops:
-    """Training FLOPs per token (see the module docstring for the derivation).
-
-    Args:
-        numbers (dict): ``layer_numbers`` of the model.
-        num_layers (int): layers of the trained model (``L`` for full, ``L + k`` for ADEPT).
-        seq_len (int): sequence length.
-        copy_positions (list[int] | None): ADEPT copy positions; None for full.
-        activation_checkpointing (bool): every layer's forward is recomputed in backward.
-
-    Returns:
-        Flops: model FLOPs and recompute FLOPs per token.
-    """
-    P, H = numbers["P"], numbers["H"]
-    A = 4 * (seq_len + 1) / 2 * numbers["attn_width"]
-    if copy_positions is None:
-        model = 6 * (num_layers * P + H) + 3 * num_layers * A
-        graph_layers = num_layers
-    else:
-        k, p = len(copy_positions), min(copy_positions)
-        above = num_layers - p
-        model = (
-            2 * (num_layers * P + H)
-            + 2 * H
-            + 2 * above * P
-            + 2 * k * P
-            + num_layers * A
-            + 2 * above * A
-        )
-        graph_layers = above  # frozen layers below p have no graph, nothing to recompute
-    recompute = graph_layers * (2 * P + A) if activation_checkpointing else 0.0
-    return Flops(model=model, recompute=recompute)
 
 
 # ------------------------------------------------------------------------------ one run
@@ -240,13 +171,14 @@ def measure(spec: Spec) -> dict[str, Any]:
     from torchtune import config as tt_config
     from torchtune import training
 
+    from adept_components.config import RunPlan
     from adept_components.data import PackedText
     from adept_components.data.packed_text import CorpusInfo
     from adept_components.expansion import ExpansionMetadata, expand_model, freeze_all_but
 
     with tempfile.TemporaryDirectory() as output_dir:
         cfg = recipe_config(spec, output_dir)
-        recipe = adept_cpt.AdeptCPTRecipe(cfg)
+        recipe = adept_cpt.AdeptCPTRecipe(RunPlan.from_config(cfg))
         device, cuda = recipe.device, recipe.device.type == "cuda"
         build = partial(tt_config.instantiate, cfg.model)
         with torch.device("meta"):
@@ -269,12 +201,12 @@ def measure(spec: Spec) -> dict[str, Any]:
         else:
             model.requires_grad_(True)
             total_params = trainable_params = sum(p.numel() for p in model.parameters())
-        numbers = layer_numbers(model)
+        numbers = common.layer_numbers(model)
 
         # What stage 1 leaves behind, then the recipe's own stage-2 setup.
         recipe.model, recipe.metadata = model, metadata
         recipe.trainable_layers = copies if metadata else None
-        recipe.resume_dir, recipe.canary = None, None
+        recipe.resume, recipe.canary = None, None
         chunks = max(spec.batch_size * spec.grad_accum * (spec.warmup + spec.steps), 1)
         vocab = model.tok_embeddings.num_embeddings
         generator = torch.Generator().manual_seed(0)
@@ -290,7 +222,7 @@ def measure(spec: Spec) -> dict[str, Any]:
             if cuda:
                 torch.cuda.synchronize()
             start = time.perf_counter()
-            loss, _ = recipe._train_step()  # the recipe's step; .item() inside syncs
+            loss, _ = recipe.train_step()  # the recipe's step; .item() inside syncs
             if cuda:
                 torch.cuda.synchronize()
             times.append(time.perf_counter() - start)
@@ -301,7 +233,7 @@ def measure(spec: Spec) -> dict[str, Any]:
             peak_reserved = torch.cuda.max_memory_reserved(device)
         else:  # CPU check: the process's peak RSS stands in
             peak_alloc = peak_reserved = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-        flops = flops_per_token(
+        flops = common.flops_per_token(
             numbers,
             len(model.layers),
             spec.seq_len,
@@ -322,7 +254,7 @@ def measure(spec: Spec) -> dict[str, Any]:
         "copy_positions": copies,
         "optimizer_groups": optimizer_groups,
         "layers": len(model.layers),
-        "numbers": numbers,
+        "numbers": dataclasses.asdict(numbers),
         "flops_per_token": flops.model,
         "recompute_flops_per_token": flops.recompute,
         "losses": losses,
@@ -449,13 +381,14 @@ def print_report(results: list[dict[str, Any]], args: argparse.Namespace) -> str
         full, adept = methods.get("full"), methods.get("adept")
         if not (full and adept):
             continue
-        n, P, H = full["numbers"], full["numbers"]["P"], full["numbers"]["H"]
+        n = full["numbers"]
+        P, H = n["matmul"], n["head"]
         L, k = full["layers"], len(adept["copy_positions"])
         p = min(adept["copy_positions"])
         lines.append(
             f"{model}: P = {P / 1e6:.1f}M matmul weights per layer, H = V·d = {H / 1e6:.1f}M, "
             f"L = {L}, k = {k}, lowest copy at p = {p} of {L + k}, attention width "
-            f"{n['attn_width']}, seq {full['spec']['seq_len']}: FLOPs/token full "
+            f"{n['attention_width']}, seq {full['spec']['seq_len']}: FLOPs/token full "
             f"6·(L·P + H) + 3·L·A = {full['flops_per_token'] / 1e9:.2f} G, ADEPT "
             f"2·((L+k)·P + H) + 2·H + 2·(L+k−p)·P + 2·k·P + (L+k)·A + 2·(L+k−p)·A = "
             f"{adept['flops_per_token'] / 1e9:.2f} G "
@@ -469,6 +402,7 @@ def print_report(results: list[dict[str, Any]], args: argparse.Namespace) -> str
 
 
 def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=["qwen3_1_7b", "qwen3_8b"])
     parser.add_argument("--tiny", action="store_true", help="a tiny Qwen3 (CPU smoke test)")
@@ -488,8 +422,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--peak-tflops", type=float, default=None, help="default 989 on cuda")
     parser.add_argument("--child-timeout", type=float, default=300.0, help="seconds per run")
-    parser.add_argument("--json", type=Path, default=None)
-    parser.add_argument("--markdown", type=Path, default=None)
+    parser.add_argument("--json", type=Path, default=None, help="write the results here")
+    parser.add_argument("--markdown", type=Path, default=None, help="write the table here")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child is not None:
@@ -498,12 +432,14 @@ def main(argv: list[str] | None = None) -> None:
 
     if args.tiny:
         args.models = ["tiny"]
-        args.batch_sizes = args.batch_sizes if argv and "--batch-sizes" in argv else [2]
+        args.batch_sizes = args.batch_sizes if "--batch-sizes" in argv else [2]
     args.seq_len = args.seq_len or (128 if args.tiny else 4096)
     args.steps = args.steps or (2 if args.tiny else 8)
     if args.peak_tflops is None and args.device == "cuda":
         args.peak_tflops = 989.0  # H200 SXM, dense bf16
-    print("$ python " + " ".join(sys.argv))
+    provenance = common.provenance([__file__, *argv])
+    header = f"$ {provenance['command']}\n{common.provenance_line(provenance)}"
+    print(header)
     device = (
         torch.cuda.get_device_name() if args.device == "cuda" else f"CPU ({os.cpu_count()} cores)"
     )
@@ -524,9 +460,10 @@ def main(argv: list[str] | None = None) -> None:
     if bad:
         print(f"WARNING: non-finite losses in {bad}")
     if args.json:
-        args.json.write_text(json.dumps({"command": sys.argv, "results": results}, indent=2))
+        record = {"command": provenance["command"], "provenance": provenance, "results": results}
+        args.json.write_text(json.dumps(record, indent=2))
     if args.markdown:
-        args.markdown.write_text(text + "\n")
+        args.markdown.write_text(f"{header}\n\n{text}\n")
 
 
 if __name__ == "__main__":

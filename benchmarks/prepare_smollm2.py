@@ -167,7 +167,7 @@ def prepare(out_dir: Path, gguf_file: Path | None = None, force: bool = False) -
     Returns:
         Path: ``out_dir``.
     """
-    from adept_components.checkpointing.hf_checkpointer import atomic_directory
+    from adept_components.atomic import atomic_directory
 
     out_dir = out_dir.expanduser().resolve()
     if not force and all((out_dir / f).is_file() for f in REQUIRED_FILES):
@@ -179,11 +179,9 @@ def prepare(out_dir: Path, gguf_file: Path | None = None, force: bool = False) -
     model_name = check_llama_gguf(gguf_file)
     start = time.perf_counter()
 
-    def write(tmp: Path) -> None:
+    with atomic_directory(out_dir) as tmp:
         convert(gguf_file, tmp)
         write_notice(tmp, gguf_file, model_name)
-
-    atomic_directory(out_dir, write)
     config = json.loads((out_dir / "config.json").read_text())
     print(
         f"wrote {out_dir} in {time.perf_counter() - start:.0f}s: {config['model_type']}, "

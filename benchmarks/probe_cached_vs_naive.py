@@ -12,23 +12,26 @@ Run from the repository root (random weights, CPU, fp32; nothing is downloaded):
     python benchmarks/probe_cached_vs_naive.py
     python benchmarks/probe_cached_vs_naive.py --layers 28 --threads 2
 
-It prints the command, checks that both methods give the same scores (max abs difference),
-and prints a markdown table row with the best-of-``--repeats`` wall time of each.
+It prints the command and its provenance (commit, torch, CPU, threads, date), checks that both
+methods give the same scores (max abs difference), and prints a markdown table row with the
+best-of-``--repeats`` wall time of each; ``--json PATH`` also writes them with the provenance.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
+import common
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from adept_components.importance import mask_out_importance
-from adept_components.models import qwen3
 
 IGNORE = -100
 
@@ -83,6 +86,7 @@ def best_times(
 
 
 def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--layers", type=int, default=16)
     parser.add_argument("--dim", type=int, default=256)
@@ -93,21 +97,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args(argv)
 
-    print("$ python " + " ".join(sys.argv))
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
-    model = qwen3(
-        vocab_size=args.vocab,
-        num_layers=args.layers,
-        num_heads=4,
-        num_kv_heads=2,
-        embed_dim=args.dim,
-        intermediate_dim=3 * args.dim,
-        max_seq_len=args.seq_len,
-        head_dim=args.dim // 4,
-    ).eval()
+    provenance = common.start_timing([__file__, *argv], args.threads, args.seed)
+    model = common.random_qwen3(args.vocab, args.layers, args.dim, args.seq_len).eval()
     generator = torch.Generator().manual_seed(args.seed)
     batches = []
     for _ in range(args.num_batches):
@@ -139,6 +133,10 @@ def main(argv: list[str] | None = None) -> None:
         f"| {args.layers} | {tokens} | {cached_s:.3f} | {naive_s:.3f} | "
         f"{cached_s / naive_s:.3f} | {diff:.2e} |"
     )
+    if args.json:
+        record = {"provenance": provenance, "args": {**vars(args), "json": str(args.json)}}
+        record.update(cached_s=cached_s, naive_s=naive_s, max_abs_diff=diff, tokens=tokens)
+        args.json.write_text(json.dumps(record, indent=2))
     if diff > 1e-5:
         raise SystemExit(f"cached and naive scores differ by {diff:.2e}")
 

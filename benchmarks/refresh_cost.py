@@ -17,18 +17,22 @@ Run from the repository root (random weights, CPU, fp32; nothing is downloaded):
     python benchmarks/refresh_cost.py
     python benchmarks/refresh_cost.py --layers 28 --k 4 --probe-batches 16 --threads 2
 
-It prints the command, the setup, and a markdown table with the best and median wall time
-of ``--repeats`` timed runs of each (after one warm-up run).
+It prints the command and its provenance (commit, torch, CPU, threads, date), the setup, and a
+markdown table with the best and median wall time of ``--repeats`` timed runs of each (after
+one warm-up run); ``--json PATH`` also writes the times, the arguments and the provenance.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
+import common
 import torch
 import torch.nn.functional as F
 from torch.optim.lr_scheduler import LambdaLR
@@ -40,7 +44,6 @@ from adept_components.expansion import (
     uniform_source_layers,
 )
 from adept_components.importance import unit_importance
-from adept_components.models import qwen3
 from adept_components.optim import UnitScaledScheduler, lr_scales, unit_optimizer
 
 
@@ -61,6 +64,7 @@ def alternating_times(fns: dict[str, Callable[[], object]], repeats: int) -> dic
 
 
 def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--layers", type=int, default=16, help="base model layers")
     parser.add_argument("--k", type=int, default=4, help="copies (LLaMA-Pro-uniform sources)")
@@ -73,24 +77,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args(argv)
 
-    print("$ python " + " ".join(sys.argv))
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
+    provenance = common.start_timing([__file__, *argv], args.threads, args.seed)
     meta = ExpansionMetadata(args.layers, uniform_source_layers(args.layers, args.k))
 
     def base() -> torch.nn.Module:
-        return qwen3(
-            vocab_size=args.vocab,
-            num_layers=args.layers,
-            num_heads=4,
-            num_kv_heads=2,
-            embed_dim=args.dim,
-            intermediate_dim=3 * args.dim,
-            max_seq_len=args.seq_len,
-            head_dim=args.dim // 4,
-        )
+        return common.random_qwen3(args.vocab, args.layers, args.dim, args.seq_len)
 
     model = expand_model(base, meta)  # random weights: copies are not zero, timing is the same
     trainable = freeze_all_but(model, meta.copy_positions)
@@ -147,6 +141,9 @@ def main(argv: list[str] | None = None) -> None:
             f"| {label} | {step_s:.4f} | {refresh_s:.4f} | {refresh_s / step_s:.2f} | "
             f"{100 * share:.2f} % |"
         )
+    if args.json:
+        record = {"provenance": provenance, "args": {**vars(args), "json": str(args.json)}}
+        args.json.write_text(json.dumps({**record, "times_s": times}, indent=2))
 
 
 if __name__ == "__main__":

@@ -4,17 +4,19 @@ Installed as the top-level module ``adept_cpt`` so that ``tune run adept_cpt`` (
 ``tune run --nproc_per_node N adept_cpt`` (torchrun, FSDP2) find it from any directory. The
 recipe reads top to bottom, as the method does:
 
-    setup         config, seed, device, dtype, process group; checkpointer, tokenizer, data
-    load          the base model M0 with its Hugging Face weights
-    stage 1       probe general competence -> select the k least critical layers -> expand
-                  (each copy right after its source, output projections zero) -> freeze
-    stage 2       train the copies on the domain corpus with one optimizer param group per unit,
-                  learning rates scaled by unit importance and re-scored every N steps,
-                  a forgetting canary (general vs domain held-out loss) every M steps
+    plan          the config, checked once and frozen (``adept_components.config.plan``)
+    setup         seed, device, process group; checkpointer, tokenizer, data, resume point
+    stage 1       select layers (probe, uniform, random, an explicit list or a saved profile)
+                  -> expand (each copy right after its source, output projections zero)
+                  -> freeze all but what trains
+    stage 2       train with one optimizer param group per unit, learning rates scaled by
+                  unit importance and re-scored every N steps, a forgetting canary (general
+                  vs domain held-out loss) every M steps
     save          a Hugging Face checkpoint with L + k layers and the expansion metadata
 
-``method`` switches to the baselines and ablations of the spec with the same data, seed and
-budget: ``full``, ``llama_pro``, ``no_stage1``, ``no_stage2``, ``random``.
+``method`` picks a row of the method table (``adept_components.methods``): ADEPT, or one of
+the spec's baselines and ablations with the same data, seed and budget: ``full``,
+``llama_pro``, ``no_stage1``, ``no_stage2``, ``random``.
 """
 
 from __future__ import annotations
@@ -26,14 +28,12 @@ import os
 import random
 import sys
 import time
-from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
-from omegaconf import DictConfig, OmegaConf
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
     get_model_state_dict,
@@ -44,18 +44,14 @@ from torch.distributed.checkpoint.state_dict import (
 from torchtune import config as tt_config
 from torchtune import training, utils
 from torchtune.data import CROSS_ENTROPY_IGNORE_IDX
-from torchtune.modules import TransformerDecoder, TransformerSelfAttentionLayer
+from torchtune.modules import TransformerSelfAttentionLayer
 from tqdm import tqdm
 
-from adept_components.checkpointing import HFCheckpointer, check_state_dict_matches
-from adept_components.config import (
-    ConfigError,
-    check_positive_int,
-    check_run_fields,
-    resolved_config,
-    user_errors,
-)
-from adept_components.data import probe_batches
+from adept_components.atomic import write_text_atomically
+from adept_components.checkpointing import HFCheckpointer
+from adept_components.checkpointing.materialize import materialize
+from adept_components.config import ConfigError, RunPlan, resolved_config, user_errors
+from adept_components.data import epoch_order, probe_batches
 from adept_components.evaluation import retention_from_canary
 from adept_components.expansion import (
     ExpansionMetadata,
@@ -67,250 +63,232 @@ from adept_components.expansion import (
     uniform_source_layers,
 )
 from adept_components.importance import (
-    IMPORTANCE_METHODS,
     check_profile_matches,
-    check_selected_layers,
     profile_layers,
     read_profile,
     select_layers,
     unit_importance,
     write_profile,
 )
+from adept_components.losses import heldout_loss, shift_labels
 from adept_components.models import architecture_of
 from adept_components.models.tokenizers import vocabulary_size
-from adept_components.optim import (
-    RefreshPolicy,
-    UnitScaledScheduler,
-    lr_scales,
-    plot_scales,
-    resolve_optimizer_class,
-    unit_optimizer,
-)
+from adept_components.optim import UnitScaledScheduler, lr_scales, plot_scales, unit_optimizer
 from adept_components.precision import keep_trainable_in_fp32
-from adept_components.progress import progress_bar
 
 log = utils.get_logger("INFO")
 
-METHODS = ("adept", "full", "llama_pro", "no_stage1", "no_stage2", "random")
-# Which methods expand, probe, and tune with importance-scaled (decoupled) learning rates.
-_EXPANDS = {"adept", "llama_pro", "no_stage2", "random"}
-_PROBES = {"adept", "no_stage1", "no_stage2"}
-_DECOUPLED = {"adept", "no_stage1", "random"}
 TRAINING_STATE_FILE = "training_state.pt"
-REQUIRED_KEYS = (
-    "output_dir",
-    "seed",
-    "device",
-    "dtype",
-    "model",
-    "tokenizer",
-    "checkpointer",
-    "metric_logger",
-    "method",
-    "expansion",
-    "dataset",
-    "optimizer",
-    "lr_scheduler",
-    "batch_size",
-    "max_steps",
-)
 
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
 
 
-class AdeptCPTRecipe:
-    """One ADEPT (or baseline) run, configured by a torchtune-style YAML.
+@dataclasses.dataclass(frozen=True)
+class ResumePoint:
+    """The checkpoint a resumed run continues from, read and checked before any write.
 
-    Args:
-        cfg (DictConfig): the full run config (see ``recipe_configs/``).
-
-    Raises:
-        ConfigError: a missing or invalid field, before anything is written.
+    Attributes:
+        directory (Path): ``output_dir/checkpoints/step_N``.
+        metadata (ExpansionMetadata | None): its expansion (None: not expanded).
+        reader (HFCheckpointer): reads its weights.
+        state (dict[str, Any]): the training state (step, optimizer, schedule, RNG, ...).
     """
 
-    def __init__(self, cfg: DictConfig) -> None:
-        _validate(cfg)
-        self.cfg = cfg
-        self.method: str = cfg.method
-        self.output_dir = Path(cfg.output_dir).expanduser()
+    directory: Path
+    metadata: ExpansionMetadata | None
+    reader: HFCheckpointer
+    state: dict[str, Any]
+
+
+class AdeptCPTRecipe:
+    """One ADEPT (or baseline) run.
+
+    Args:
+        plan (RunPlan): the checked config (``RunPlan.from_config``).
+    """
+
+    def __init__(self, plan: RunPlan) -> None:
+        self.plan = plan
+        self.method = plan.method
+        self.output_dir = plan.output_dir
         self.distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
-        self.device = utils.get_device(cfg.device)
+        self.device = utils.get_device(plan.device)
         if self.distributed and not dist.is_initialized():
             dist.init_process_group(backend="nccl" if self.device.type == "cuda" else "gloo")
         self.world_size, self.rank = utils.get_world_size_and_rank()
         self.is_rank_zero = self.rank == 0
-        self.dtype = training.get_dtype(cfg.dtype, device=self.device)
-        # Trainable weights (and their gradients and AdamW state) in fp32 in a bf16 run.
-        self.fp32_trainable = cfg.get("trainable_dtype") == "fp32" and self.dtype != torch.float32
-        self.seed = training.set_seed(cfg.seed)
-        self.batch_size: int = cfg.batch_size
-        self.grad_accum: int = cfg.get("gradient_accumulation_steps", 1)
-        self.max_steps: int = cfg.max_steps
-        self.metric_logger = None  # built after everything that can reject the config
+        self.dtype = training.get_dtype(plan.dtype, device=self.device)
+        training.set_seed(plan.seed)
+        self.metric_logger = None  # built after everything that can reject the run
+        self.metadata: ExpansionMetadata | None = None
+        self.profile_files: dict[str, Path] = {}
+        self.scheduler: Any = None
         self.step = 0
+        self._order: tuple[int, list[int]] = (-1, [])  # (epoch, its chunk order)
+        self.canary_base: dict[str, float] = {}
         self.canary_history: list[dict[str, float]] = []
 
     # ------------------------------------------------------------------------------- setup
 
     def setup(self) -> None:
-        """Checkpointer -> tokenizer -> data -> base model, then the logger.
+        """Checkpointer -> tokenizer -> resume point -> data -> base weights, then the logger.
 
-        Everything that can reject the config or its files runs before the first write.
+        Everything that can reject the run or its files comes before the first write.
         """
-        cfg = self.cfg
-        self.checkpointer: HFCheckpointer = tt_config.instantiate(cfg.checkpointer)
-        self.tokenizer = tt_config.instantiate(cfg.tokenizer)
+        plan = self.plan
+        self.checkpointer: HFCheckpointer = _instantiate("checkpointer", plan.checkpointer)
+        self.architecture = self.checkpointer.architecture
+        self.tokenizer = _instantiate("tokenizer", plan.tokenizer)
         self._check_tokenizer_fits()
-        self.resume_dir = (
-            self._find_resume_checkpoint() if cfg.get("resume_from_checkpoint") else None
-        )
-        self.resume_metadata = self._check_resume_checkpoint() if self.resume_dir else None
-        self._check_expansion()
-        self._check_seq_len(cfg.dataset.max_seq_len, "dataset.max_seq_len")
-        self.probe = None
-        if self.method in _PROBES or self.method in _DECOUPLED:
-            self._check_seq_len(cfg.probe.max_seq_len, "probe.max_seq_len")
-            self.probe = tt_config.instantiate(cfg.probe, tokenizer=self.tokenizer)
-            self.probe_batches = probe_batches(self.probe, cfg.get("probe_batch_size", 8))
+        plan.stage1.check_depth(self.architecture.num_layers)
+        limit = plan.model.get("max_seq_len") or self.architecture.max_seq_len
+        for field, seq_len in plan.seq_lens.items():
+            if seq_len > limit:
+                raise ConfigError(
+                    f"{field}={seq_len} exceeds the model's max_seq_len={limit}; lower {field} "
+                    "or raise model.max_seq_len (the model's RoPE cache length)"
+                )
+        self.resume = self._find_resume_point() if plan.resume else None
+        self.probe_batches = None
+        if plan.stage1.probe is not None:
+            probe = _instantiate("probe", plan.stage1.probe, tokenizer=self.tokenizer)
+            self.probe_info = probe.info
+            self.probe_batches = probe_batches(probe, plan.stage1.probe_batch_size)
         self.canary = self._build_canary()
         # Last of the inputs: the largest, and with dataset.cache_dir the only one written.
-        self.dataset = tt_config.instantiate(cfg.dataset, tokenizer=self.tokenizer)
-        if len(self.dataset) < self.batch_size * self.world_size:
+        self.dataset = _instantiate("dataset", plan.train.dataset, tokenizer=self.tokenizer)
+        if len(self.dataset) < plan.train.batch_size * self.world_size:
             raise ConfigError(
-                f"the domain corpus has {len(self.dataset)} chunks of {cfg.dataset.max_seq_len} "
-                f"tokens, fewer than one global batch ({self.batch_size} x {self.world_size} ranks)"
+                f"the domain corpus has {len(self.dataset)} chunks of "
+                f"{self.dataset.info.max_seq_len} tokens, fewer than one global batch "
+                f"({plan.train.batch_size} x {self.world_size} ranks)"
             )
+        self.base_state = None if self.resume else self.checkpointer.load_state_dict()
 
-        self.base_state = self._load_base_state()
         if self.is_rank_zero:
             self.output_dir.mkdir(parents=True, exist_ok=True)
-            self.metric_logger = tt_config.instantiate(cfg.metric_logger)
-            self.metric_logger.log_config(cfg)
+            self.metric_logger = tt_config.instantiate(plan.metric_logger)
+            self.metric_logger.log_config(plan.config)
+        if plan.seed_is_random:
+            self._log(f"seed=null: random seed {plan.seed} (set seed={plan.seed} to repeat)")
         corpus = self.dataset.info
         self._log(
-            f"Base model: {self.checkpointer.architecture.family}, "
-            f"{self.checkpointer.architecture.num_layers} layers; domain corpus: "
-            f"{corpus.num_tokens:,} tokens in {len(self.dataset):,} chunks of {corpus.max_seq_len}; "
-            f"method={self.method}; world size {self.world_size}"
+            f"Base model: {self.architecture.family}, {self.architecture.num_layers} layers; "
+            f"domain corpus: {corpus.num_tokens:,} tokens in {len(self.dataset):,} chunks of "
+            f"{corpus.max_seq_len}; method={self.method.name}; world size {self.world_size}"
         )
 
     # ----------------------------------------------------------------------------- stage 1
 
     def stage1(self) -> None:
-        """Probe -> select -> expand -> freeze (spec S1.1-S1.5), or the method's variant."""
-        self.metadata: ExpansionMetadata | None = None
-        if self.resume_dir is not None:
-            self.metadata = self.resume_metadata
-            trainable = (
-                self._expand(self.metadata)
-                if self.metadata
-                else self._trainable_without_expansion()
-            )
+        """Select -> expand -> freeze (spec S1.1-S1.5), as the method's table row says."""
+        if self.resume is not None:
+            self.metadata = self.resume.metadata
+            layers = self.resume.state["trainable_layers"]
+            self._log(f"Resuming from {self.resume.directory}")
+            state = self.resume.reader.load_state_dict()
         else:
             sources = self._select_layers()
-            if self.method in _EXPANDS:
-                self.metadata = ExpansionMetadata(
-                    self.checkpointer.architecture.num_layers, sources
-                )
-                trainable = self._expand(self.metadata)
+            if self.method.expand:
+                self.metadata = ExpansionMetadata(self.architecture.num_layers, sources)
+                state = expand_state_dict(self.base_state, self.metadata)
             else:
-                trainable = self._trainable_without_expansion(sources)
-        self.trainable_layers = trainable
-        summary = (
-            freeze_all_but(self.model, trainable)
-            if trainable is not None
-            else _unfreeze_all(self.model)
-        )
+                state = self.base_state
+            layers = self.metadata.copy_positions if self.metadata else sources
+        build = partial(tt_config.instantiate, self.plan.model)
+        if self.metadata is not None:
+            build = partial(expand_model, build, self.metadata)
+        self.model = materialize(build, state, self.architecture.family, self.device, self.dtype)
+        self.base_state = None
+        self.trainable_layers: list[int] | None = None if layers is None else list(layers)
+        if self.trainable_layers is None:
+            self.model.requires_grad_(True)
+            total = sum(p.numel() for p in self.model.parameters())
+            summary = f"trainable: {total:,} / {total:,} (100.00%)"
+        else:
+            summary = freeze_all_but(self.model, self.trainable_layers)
         if self.metadata is not None:
             self._log(
                 f"Expanded {self.metadata.base_num_layers} -> {self.metadata.num_layers} layers: "
                 f"copies of {list(self.metadata.source_layers)} at {self.metadata.copy_positions}"
             )
-        self._log(f"Trainable layers {trainable if trainable is not None else 'all'}; {summary}")
+        self._log(f"Trainable layers {self.trainable_layers or 'all'}; {summary}")
 
     def _select_layers(self) -> list[int] | None:
-        """The base layers to copy (or, for ``no_stage1``, to train); None for ``full``."""
-        cfg, num_layers = self.cfg.expansion, self.checkpointer.architecture.num_layers
-        if self.method == "full":
+        """The base layers to copy (or, for a method that does not expand, to train).
+
+        One function per ``Stage1Plan.selection``; None (``full``) selects nothing.
+        """
+        stage1, num_layers = self.plan.stage1, self.architecture.num_layers
+        selectors = {
+            "layers": lambda: sorted(stage1.layers),
+            "uniform": lambda: uniform_source_layers(num_layers, stage1.k),
+            "random": lambda: sorted(random.Random(self.plan.seed).sample(range(num_layers), stage1.k)),
+            "profile": self._probe_layers,
+            "probe": self._probe_layers,
+        }  # fmt: skip
+        if stage1.selection is None:
             return None
-        if cfg.get("layers"):
-            return check_selected_layers(list(cfg.layers), num_layers)
-        k = cfg.num_layers
-        if self.method == "llama_pro":
-            return uniform_source_layers(num_layers, k)
-        if self.method == "random":
-            return sorted(random.Random(self.cfg.seed).sample(range(num_layers), k))
-        base_model = self._build_model(
-            partial(tt_config.instantiate, self.cfg.model), self.base_state
+        selected = list(selectors[stage1.selection]())
+        self._log(f"Selected layers {selected} (k={stage1.k})")
+        return selected
+
+    def _probe_layers(self) -> list[int]:
+        """Score every layer on the probe set (or read a saved profile); the k least critical."""
+        stage1 = self.plan.stage1
+        base = materialize(
+            partial(tt_config.instantiate, self.plan.model),
+            self.base_state,
+            self.architecture.family,
+            self.device,
+            self.dtype,
         )
-        if cfg.get("profile"):
-            profile = read_profile(cfg.profile)
-            check_profile_matches(profile, base_model, self.checkpointer.checkpoint_dir)
-            self._log(f"Layer importance read from {cfg.profile}")
+        if stage1.profile is not None:
+            profile = read_profile(stage1.profile)
+            check_profile_matches(profile, base, self.checkpointer.checkpoint_dir)
+            if stage1.importance not in profile.layer_scores:
+                raise ConfigError(
+                    f"expansion.importance={stage1.importance!r}, but the profile "
+                    f"{stage1.profile} holds scores for {sorted(profile.layer_scores)}: choose "
+                    "one of those, or drop expansion.profile to probe again"
+                )
+            profile = dataclasses.replace(profile, method=stage1.importance)
+            self._log(f"Layer importance ({stage1.importance}) read from {stage1.profile}")
         else:
             start = time.perf_counter()
             profile = profile_layers(
-                base_model,
+                base,
                 self.probe_batches,
-                self.probe.info,
-                k,
-                method=cfg.get("importance", "mask-out"),
+                self.probe_info,
+                stage1.k,
+                method=stage1.importance,
                 checkpoint_dir=self.checkpointer.checkpoint_dir,
                 progress=self.is_rank_zero,
             )
-            self._log(
-                f"Probed {len(base_model.layers)} layers in {time.perf_counter() - start:.1f}s"
-            )
-        selected = select_layers(profile.scores, k)
+            self._log(f"Probed {len(base.layers)} layers in {time.perf_counter() - start:.1f}s")
+        del base
+        selected = select_layers(profile.scores, stage1.k)
         if self.is_rank_zero:
             profile = dataclasses.replace(profile, selected_layers=list(selected))
-            files = write_profile(profile, self.output_dir / "profile")
-            self.profile_files = files
+            self.profile_files = write_profile(profile, self.output_dir / "profile")
             scores = ", ".join(f"{s:.4f}" for s in profile.scores)
             self._log(f"Layer importance ({profile.method}): [{scores}]")
-        self._log(f"Selected layers {list(selected)} (k={k})")
-        del base_model
         return list(selected)
-
-    def _expand(self, metadata: ExpansionMetadata) -> list[int]:
-        """Build the (L+k)-layer model with function-preserving copies; return copy positions."""
-        if self.resume_dir is not None:
-            state = self._load_resume_state(metadata)
-        else:
-            state = expand_state_dict(self.base_state, metadata)
-        self.model = self._build_model(
-            lambda: expand_model(partial(tt_config.instantiate, self.cfg.model), metadata), state
-        )
-        self.base_state = None
-        return metadata.copy_positions
-
-    def _trainable_without_expansion(self, sources: list[int] | None = None) -> list[int] | None:
-        """``full`` trains everything (None); ``no_stage1`` trains the selected original layers."""
-        state = self._load_resume_state(None) if self.resume_dir is not None else self.base_state
-        self.model = self._build_model(partial(tt_config.instantiate, self.cfg.model), state)
-        self.base_state = None
-        if self.method == "full":
-            return None
-        if sources is None:  # resume of no_stage1: the layers are in the training state
-            sources = torch.load(self.resume_dir / TRAINING_STATE_FILE, weights_only=True)[
-                "trainable_layers"
-            ]
-        return list(sources)
 
     # ----------------------------------------------------------------------------- stage 2
 
     def setup_training(self) -> None:
         """Precision, distribute, then optimizer (one group per unit) -> LR schedule -> resume."""
-        cfg = self.cfg
-        if self.fp32_trainable:
+        plan, train = self.plan, self.plan.train
+        if plan.fp32_trainable:
             kept = keep_trainable_in_fp32(self.model, self.trainable_layers, self.dtype)
             self._log(
                 f"Trainable weights in fp32 ({sum(p.numel() for m in kept for p in m.parameters()):,} "
-                f"parameters), computed in {cfg.dtype} under autocast"
+                f"parameters), computed in {plan.dtype} under autocast"
             )
-        if cfg.get("enable_activation_checkpointing", False):
+        if train.activation_checkpointing:
             training.set_activation_checkpointing(
                 self.model, auto_wrap_policy={TransformerSelfAttentionLayer}
             )
@@ -321,111 +299,103 @@ class AdeptCPTRecipe:
                 cpu_offload=False,
                 reshard_after_forward=True,
             )
-        if cfg.get("compile", False):
+        if train.compile:
             training.compile_model(self.model, verbose=False)
-        self.loss_fn = tt_config.instantiate(cfg.loss) if "loss" in cfg else _default_loss()
+        if train.loss is not None:
+            self.loss_fn = tt_config.instantiate(train.loss)
+        else:
+            from torchtune.modules.loss import CEWithChunkedOutputLoss
+
+            self.loss_fn = CEWithChunkedOutputLoss()
         if hasattr(self.loss_fn, "num_output_chunks"):
             self.model.set_num_output_chunks(self.loss_fn.num_output_chunks)
 
-        optimizer_kwargs = {
-            k: v for k, v in OmegaConf.to_container(cfg.optimizer).items() if k != "_component_"
-        }
-        self.decoupled = self.method in _DECOUPLED
+        optimizer = plan.optimizer
         if self.trainable_layers is None:
-            self.optimizer = tt_config.instantiate(
-                cfg.optimizer, [p for p in self.model.parameters() if p.requires_grad]
-            )
+            params = [p for p in self.model.parameters() if p.requires_grad]
+            self.optimizer = optimizer.cls(params, lr=optimizer.lr, **optimizer.kwargs)
         else:
             self.optimizer = unit_optimizer(
-                self.model, self.trainable_layers, cfg.optimizer._component_, **optimizer_kwargs
+                self.model, self.trainable_layers, optimizer.cls, optimizer.lr, **optimizer.kwargs
             )
         inner = tt_config.instantiate(
-            cfg.lr_scheduler, self.optimizer, num_training_steps=self.max_steps
+            train.lr_scheduler, self.optimizer, num_training_steps=train.max_steps
         )
         self.scheduler = (
-            UnitScaledScheduler(self.optimizer, inner)
-            if self.trainable_layers is not None
-            else inner
+            UnitScaledScheduler(self.optimizer, inner) if self.trainable_layers else inner
         )
-        tuning = cfg.get("unit_tuning", {})
-        self.refresh = RefreshPolicy(
-            refresh_every=tuning.get("refresh_every", 500),
-            refresh_at_start=tuning.get("refresh_at_start", False),
-        )
-        self.scale_options = {
-            "min_scale": tuning.get("min_scale", 0.0),
-            "separate_norm_range": tuning.get("separate_norm_range", False),
-            "direction": tuning.get("direction", "general"),
-        }
-        if self.resume_dir is not None:
-            self._load_training_state()
-        self.canary_base = self._canary_losses() if self.step == 0 else self.canary_base
+        if self.resume is not None:
+            self._load_training_state(self.resume)
+        elif self.canary:
+            start = time.perf_counter()
+            self.canary_base = self._canary_losses()
+            if self.is_rank_zero:
+                self.metric_logger.log_dict(
+                    {"canary/seconds": time.perf_counter() - start}, step=self.step
+                )
 
     def train(self) -> None:
         """The training loop: accumulate, step, refresh unit scales, canary, checkpoint."""
-        cfg = self.cfg
-        log_every = cfg.get("log_every_n_steps", 1)
-        save_every = cfg.get("save_every_n_steps", 0)
-        canary_every = cfg.get("canary", {}).get("every_n_steps", 0) if self.canary else 0
-        if self.decoupled and self.step == 0 and self.refresh.due(0):
+        train, refresh = self.plan.train, self.plan.unit_tuning.policy
+        decoupled = self.method.decoupled
+        canary_every = self.plan.canary.every_n_steps if self.canary else 0
+        if decoupled and self.step == 0 and refresh.due(0):
             self._refresh_scales()
         self.model.train()
         progress = tqdm(
-            total=self.max_steps,
+            total=train.max_steps,
             initial=self.step,
             disable=not self.is_rank_zero,
             desc="train",
             dynamic_ncols=True,
         )
+        stop_at = train.max_steps
+        if train.stop_after_steps:
+            stop_at = min(train.max_steps, self.step + train.stop_after_steps)
         tokens_seen, start = 0, time.perf_counter()
-        stop_at = self.max_steps
-        if cfg.get("stop_after_steps"):
-            stop_at = min(self.max_steps, self.step + cfg.stop_after_steps)
         while self.step < stop_at:
-            loss, num_tokens = self._train_step()
+            loss, num_tokens = self.train_step()
             self.step += 1
             tokens_seen += num_tokens
             progress.update(1)
             progress.set_postfix(loss=f"{loss:.4f}")
-            if self.is_rank_zero and self.step % log_every == 0:
-                elapsed = time.perf_counter() - start
+            if self.is_rank_zero and train.log_every and self.step % train.log_every == 0:
                 self.metric_logger.log_dict(
                     {
                         "loss": loss,
                         "lr": self._base_lr(),
-                        "tokens_per_second": tokens_seen / elapsed,
+                        "tokens_per_second": tokens_seen / (time.perf_counter() - start),
                     },
                     step=self.step,
                 )
                 tokens_seen, start = 0, time.perf_counter()
-            if self.decoupled and self.refresh.due(self.step) and self.step < self.max_steps:
+            if decoupled and refresh.due(self.step) and self.step < train.max_steps:
                 self._refresh_scales()
             if canary_every and self.step % canary_every == 0:
                 self._log_canary()
-            if save_every and self.step % save_every == 0 and self.step < self.max_steps:
+            due = train.save_every and self.step % train.save_every == 0
+            if due and self.step < train.max_steps:
                 self.save_checkpoint(f"checkpoints/step_{self.step}", with_training_state=True)
         progress.close()
-        if self.step < self.max_steps:  # stop_after_steps: leave a checkpoint to resume from
+        if self.step < train.max_steps:  # stop_after_steps: leave a checkpoint to resume from
             self.save_checkpoint(f"checkpoints/step_{self.step}", with_training_state=True)
             return
         if canary_every and self.step % canary_every != 0:
             self._log_canary()
 
-    def _train_step(self) -> tuple[float, int]:
+    def train_step(self) -> tuple[float, int]:
         """One optimizer step over ``gradient_accumulation_steps`` micro-batches.
 
         Returns:
             tuple[float, int]: the step's mean token loss (over all ranks) and tokens trained.
         """
+        grad_accum, clip = self.plan.train.grad_accum, self.plan.train.clip_grad_norm
         total = torch.zeros(2, dtype=torch.float64, device=self.device)  # [loss sum, tokens]
-        for micro in range(self.grad_accum):
+        for micro in range(grad_accum):
             tokens = self._micro_batch(self.step, micro).to(self.device)  # [b, s]
-            labels = torch.cat(
-                [tokens[:, 1:], torch.full_like(tokens[:, :1], CROSS_ENTROPY_IGNORE_IDX)], dim=1
-            )
-            logits = self.model(tokens)
-            loss = self.loss_fn(logits, labels)  # mean over this micro-batch's tokens
-            (loss / self.grad_accum).backward()
+            labels = shift_labels(tokens)
+            loss = self.loss_fn(self.model(tokens), labels)  # mean over this micro-batch
+            (loss / grad_accum).backward()
             count = (labels != CROSS_ENTROPY_IGNORE_IDX).sum()
             total += torch.stack([loss.detach().double() * count, count.double()])
         if self.distributed:
@@ -438,10 +408,9 @@ class AdeptCPTRecipe:
                 f"weights. Last good checkpoint: {last or 'none (no save_every_n_steps checkpoint yet)'}. "
                 "Lower optimizer.lr or raise lr_scheduler.num_warmup_steps"
             )
-        if self.cfg.get("clip_grad_norm") is not None:
+        if clip is not None:
             torch.nn.utils.clip_grad_norm_(
-                [p for p in self.model.parameters() if p.requires_grad],
-                float(self.cfg.clip_grad_norm),
+                [p for p in self.model.parameters() if p.requires_grad], clip
             )
         self.optimizer.step()
         self.scheduler.step()
@@ -455,26 +424,21 @@ class AdeptCPTRecipe:
         permutation of the corpus, epoch after epoch. Resume needs only the step, and one
         process with ``A * W`` accumulation steps sees exactly the samples of W ranks.
         """
-        n = len(self.dataset)
-        first = ((step * self.grad_accum + micro) * self.world_size + self.rank) * self.batch_size
+        b, n = self.plan.train.batch_size, len(self.dataset)
+        first = ((step * self.plan.train.grad_accum + micro) * self.world_size + self.rank) * b
         rows = []
-        for p in range(first, first + self.batch_size):
+        for p in range(first, first + b):
             epoch, index = divmod(p, n)
-            rows.append(self.dataset[self._epoch_order(epoch)[index]])
+            if self._order[0] != epoch:
+                self._order = (epoch, epoch_order(n, self.plan.seed, epoch))
+            rows.append(self.dataset[self._order[1][index]])
         return torch.stack(rows)
-
-    def _epoch_order(self, epoch: int) -> list[int]:
-        if getattr(self, "_order_epoch", None) != epoch:
-            gen = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + epoch)
-            self._order = torch.randperm(len(self.dataset), generator=gen).tolist()
-            self._order_epoch = epoch
-        return self._order
 
     def _refresh_scales(self) -> None:
         """Re-score the units on the probe set and replace their LR scales (S2.2-S2.4)."""
         start = time.perf_counter()
         scores = unit_importance(self.model, self.probe_batches, progress=self.is_rank_zero)
-        scales = lr_scales(scores, **self.scale_options)
+        scales = lr_scales(scores, **self.plan.unit_tuning.scale_options)
         self.scheduler.set_scales(scales, step=self.step)
         self._log(
             f"Refreshed {len(scales)} unit scales at step {self.step} in {time.perf_counter() - start:.1f}s"
@@ -488,18 +452,13 @@ class AdeptCPTRecipe:
 
     def _build_canary(self) -> dict[str, list] | None:
         """Held-out general and domain batches from ``canary.general`` / ``canary.domain``."""
-        canary = self.cfg.get("canary")
-        if not canary or not canary.get("every_n_steps"):
+        canary = self.plan.canary
+        if canary is None:
             return None
         sets = {}
-        for name in ("general", "domain"):
-            if name not in canary:
-                raise ConfigError(
-                    f"canary.every_n_steps is set but canary.{name} (a probe_dataset) is missing"
-                )
-            self._check_seq_len(canary[name].max_seq_len, f"canary.{name}.max_seq_len")
-            data = tt_config.instantiate(canary[name], tokenizer=self.tokenizer)
-            batches = probe_batches(data, canary.get("batch_size", 8))
+        for name, section in (("general", canary.general), ("domain", canary.domain)):
+            data = _instantiate(f"canary.{name}", section, tokenizer=self.tokenizer)
+            batches = probe_batches(data, canary.batch_size)
             usable = len(batches) - len(batches) % self.world_size
             if usable == 0:
                 raise ConfigError(
@@ -509,33 +468,23 @@ class AdeptCPTRecipe:
         return sets
 
     def _canary_losses(self) -> dict[str, float]:
-        if not self.canary:
-            return {}
-        return {name: self._eval_loss(batches, name) for name, batches in self.canary.items()}
-
-    def _eval_loss(self, batches: list[tuple[torch.Tensor, torch.Tensor]], name: str) -> float:
-        """Token-mean loss through the full model forward (works under FSDP): ranks split batches."""
-        total = torch.zeros(2, dtype=torch.float64, device=self.device)
-        was_training = self.model.training
-        self.model.eval()
-        mine = batches[self.rank :: self.world_size]
-        bar = progress_bar(len(mine), f"canary {name} (batch)", self.is_rank_zero)
-        with torch.no_grad(), bar:
-            for tokens, labels in mine:
-                bar.update()
-                tokens, labels = tokens.to(self.device), labels.to(self.device)
-                shifted = torch.cat(
-                    [labels[:, 1:], torch.full_like(labels[:, :1], CROSS_ENTROPY_IGNORE_IDX)], 1
-                )
-                count = (shifted != CROSS_ENTROPY_IGNORE_IDX).sum()
-                loss = self.loss_fn(self.model(tokens), shifted)
-                total += torch.stack([loss.double() * count, count.double()])
-        self.model.train(was_training)
-        if self.distributed:
-            dist.all_reduce(total)
-        return (total[0] / total[1]).item()
+        """Held-out loss of each canary set through the full model (works under FSDP)."""
+        group = dist.group.WORLD if self.distributed else None
+        return {
+            name: heldout_loss(
+                self.model,
+                batches,
+                loss_fn=self.loss_fn,
+                group=group,
+                device=self.device,
+                progress_desc=f"canary {name} (batch)",
+                show_progress=self.is_rank_zero,
+            )
+            for name, batches in (self.canary or {}).items()
+        }
 
     def _log_canary(self) -> None:
+        start = time.perf_counter()
         losses = self._canary_losses()
         record = {"step": self.step, **{f"{k}_loss": v for k, v in losses.items()}}
         record.update({f"{k}_base": v for k, v in self.canary_base.items()})
@@ -550,9 +499,9 @@ class AdeptCPTRecipe:
             )
         )
         if self.is_rank_zero:
-            self.metric_logger.log_dict(
-                {f"canary/{k}": v for k, v in record.items() if k != "step"}, step=self.step
-            )
+            metrics = {f"canary/{k}": v for k, v in record.items() if k != "step"}
+            metrics["canary/seconds"] = time.perf_counter() - start
+            self.metric_logger.log_dict(metrics, step=self.step)
 
     # -------------------------------------------------------------------------------- save
 
@@ -569,11 +518,22 @@ class AdeptCPTRecipe:
         path = self.output_dir / name
         options = StateDictOptions(full_state_dict=True, cpu_offload=True)
         state = get_model_state_dict(self.model, options=options)
-        train_state = self._training_state(options) if with_training_state else None
-        if train_state is not None:  # fp32 trainable weights, which the HF checkpoint rounds
-            train_state["fp32_weights"] = {
-                k: v for k, v in state.items() if v.is_floating_point() and v.dtype != self.dtype
-            }
+        train_state = None
+        if with_training_state:
+            train_state = {
+                "step": self.step,
+                "method": self.method.name,
+                "trainable_layers": self.trainable_layers,
+                "optimizer": get_optimizer_state_dict(self.model, self.optimizer, options=options),
+                "scheduler": self.scheduler.state_dict(),
+                "canary_base": self.canary_base,
+                "canary_history": self.canary_history,
+                "rng": {"torch": torch.get_rng_state(), "python": random.getstate()},
+                # fp32 trainable weights, which the HF checkpoint rounds to the run's dtype
+                "fp32_weights": {
+                    k: v for k, v in state.items() if v.is_floating_point() and v.dtype != self.dtype
+                },
+            }  # fmt: skip
         if self.is_rank_zero:
             start = time.perf_counter()
             self.checkpointer.save(
@@ -594,23 +554,22 @@ class AdeptCPTRecipe:
 
     def finish(self) -> None:
         """Final checkpoint, unit-scale picture, canary record and where everything is."""
-        if self.step < self.max_steps and not self.cfg.get("stage1_only", False):
+        if self.step < self.plan.train.max_steps and not self.plan.stage1.only:
             self._log(
-                f"Stopped at step {self.step} of {self.max_steps}; resume_from_checkpoint=True continues"
+                f"Stopped at step {self.step} of {self.plan.train.max_steps}; "
+                "resume_from_checkpoint=True continues"
             )
             return
         final = self.save_checkpoint("final")
         if not self.is_rank_zero:
             return
         lines = [f"HF checkpoint: {final}"]
-        scheduler = getattr(self, "scheduler", None)
-        if isinstance(scheduler, UnitScaledScheduler) and scheduler.history:
-            lines.append(
-                f"unit LR scales: {plot_scales(scheduler.history, self.output_dir / 'unit_scales.png')}"
-            )
+        if isinstance(self.scheduler, UnitScaledScheduler) and self.scheduler.history:
+            picture = plot_scales(self.scheduler.history, self.output_dir / "unit_scales.png")
+            lines.append(f"unit LR scales: {picture}")
         if self.canary_history:
             path = self.output_dir / "canary.json"
-            path.write_text(json.dumps(self.canary_history, indent=2))
+            write_text_atomically(path, json.dumps(self.canary_history, indent=2))
             lines.append(f"canary: {path}")
             report = retention_from_canary(self.canary_history, self.output_dir)
             general, domain = report["general"]["loss_delta"], report["domain"]["loss_delta"]
@@ -619,11 +578,10 @@ class AdeptCPTRecipe:
                 f"loss change general {general:+.4f}, domain {domain:+.4f}"
             )
         for key in ("json", "layers", "units"):
-            if key in getattr(self, "profile_files", {}):
+            if key in self.profile_files:
                 lines.append(f"layer profile ({key}): {self.profile_files[key]}")
-        lines.append(
-            f"metrics: {self.metric_logger.path_to_log_file() if hasattr(self.metric_logger, 'path_to_log_file') else self.cfg.metric_logger.get('log_dir')}"
-        )
+        if hasattr(self.metric_logger, "path_to_log_file"):
+            lines.append(f"metrics: {self.metric_logger.path_to_log_file()}")
         self._log("Done.\n  " + "\n  ".join(lines))
 
     def cleanup(self) -> None:
@@ -635,127 +593,64 @@ class AdeptCPTRecipe:
 
     # ----------------------------------------------------------------------------- helpers
 
-    def _load_base_state(self) -> dict[str, torch.Tensor] | None:
-        if self.resume_dir is not None:
-            return None
-        return self.checkpointer.load_state_dict()
-
-    def _build_model(
-        self, build: Callable[[], TransformerDecoder], state: dict[str, torch.Tensor]
-    ) -> TransformerDecoder:
-        """Build on the meta device, check names and shapes, then take the weights in place."""
-        with torch.device("meta"):
-            model = build()
-        check_state_dict_matches(model, state, self.checkpointer.architecture.family)
-        state = {k: v.to(device=self.device, dtype=self.dtype) for k, v in state.items()}
-        model.load_state_dict(state, assign=True)
-        with self.device:
-            for module in model.modules():  # RoPE caches are buffers outside the state dict
-                if hasattr(module, "rope_init"):
-                    module.rope_init()
-        return model
-
     def _check_tokenizer_fits(self) -> None:
         """Refuse a tokenizer that can produce ids the model's embedding does not have."""
-        ids, rows = vocabulary_size(self.tokenizer), self.checkpointer.architecture.vocab_size
+        ids, rows = vocabulary_size(self.tokenizer), self.architecture.vocab_size
         if ids is not None and ids > rows:
             raise ConfigError(
-                f"tokenizer ({self.cfg.tokenizer._component_}, path "
-                f"{self.cfg.tokenizer.get('path')}) has {ids:,} token ids but the model in "
+                f"tokenizer ({self.plan.tokenizer._component_}, path "
+                f"{self.plan.tokenizer.get('path')}) has {ids:,} token ids but the model in "
                 f"checkpointer.checkpoint_dir has an embedding of {rows:,} rows: point "
                 "tokenizer.path at the checkpoint's own tokenizer"
             )
 
-    def _check_seq_len(self, seq_len: int, field: str) -> None:
-        limit = self.cfg.model.get("max_seq_len") or self.checkpointer.architecture.max_seq_len
-        if seq_len > limit:
-            raise ConfigError(
-                f"{field}={seq_len} exceeds the model's max_seq_len={limit}; lower {field} or raise "
-                "model.max_seq_len (the model's RoPE cache length)"
-            )
+    def _find_resume_point(self) -> ResumePoint:
+        """The newest resumable checkpoint, checked against the base model and the method.
 
-    def _find_resume_checkpoint(self) -> Path:
-        found = sorted(
-            (
-                p
-                for p in (self.output_dir / "checkpoints").glob("step_*")
-                if (p / TRAINING_STATE_FILE).is_file()
-            ),
-            key=lambda p: int(p.name.removeprefix("step_")),
-        )
-        if not found:
+        Raises:
+            ConfigError: no checkpoint, one of another model, or one of another method.
+        """
+        directory = self._last_checkpoint()
+        if directory is None:
             raise ConfigError(
-                f"resume_from_checkpoint=True but {self.output_dir / 'checkpoints'} holds no step_N "
-                f"checkpoint with {TRAINING_STATE_FILE}: run without resume, or set output_dir to the run to resume"
+                f"resume_from_checkpoint=True but {self.output_dir / 'checkpoints'} holds no "
+                f"step_N checkpoint with {TRAINING_STATE_FILE}: run without resume, or set "
+                "output_dir to the run to resume"
             )
-        return found[-1]
-
-    def _check_resume_checkpoint(self) -> ExpansionMetadata | None:
-        """Refuse a resume checkpoint of another model than ``checkpointer.checkpoint_dir``."""
-        base_arch = self.checkpointer.architecture
-        metadata = load_expansion_metadata(self.resume_dir)
-        reader = HFCheckpointer(str(self.resume_dir), str(self.output_dir))
+        base = self.architecture
+        metadata = load_expansion_metadata(directory)
+        reader = HFCheckpointer(str(directory), str(self.output_dir))
         expected = dataclasses.replace(
-            base_arch,
-            num_layers=metadata.num_layers if metadata else base_arch.num_layers,
+            base,
+            num_layers=metadata.num_layers if metadata else base.num_layers,
             max_seq_len=reader.architecture.max_seq_len,
         )
         if reader.architecture != expected or (
-            metadata and metadata.base_num_layers != base_arch.num_layers
+            metadata and metadata.base_num_layers != base.num_layers
         ):
             raise ConfigError(
-                f"resume checkpoint {self.resume_dir} is of another model than "
-                f"checkpointer.checkpoint_dir={self.checkpointer.checkpoint_dir}: resume only the run "
-                "this config started, or change output_dir"
+                f"resume checkpoint {directory} is of another model than "
+                f"checkpointer.checkpoint_dir={self.checkpointer.checkpoint_dir}: resume only the "
+                "run this config started, or change output_dir"
             )
-        self.resume_reader = reader
-        return metadata
-
-    def _check_expansion(self) -> None:
-        """Check k and an explicit layer list against the base model's depth."""
-        if self.method == "full":
-            return
-        num_layers, expansion = self.checkpointer.architecture.num_layers, self.cfg.expansion
-        if expansion.get("layers"):
-            try:
-                check_selected_layers(list(expansion.layers), num_layers)
-            except ValueError as e:
-                raise ConfigError(f"expansion.layers: {e}") from None
-        elif not 1 <= expansion.num_layers < num_layers:
+        state = torch.load(directory / TRAINING_STATE_FILE, weights_only=True)
+        if state["method"] != self.method.name:
             raise ConfigError(
-                f"expansion.num_layers={expansion.num_layers}: k={expansion.num_layers} but the base "
-                f"model has {num_layers} layers (valid k: 1..{num_layers - 1})"
+                f"resume checkpoint {directory} was trained with method={state['method']}, the "
+                f"config says method={self.method.name}: resume with the run's own method"
             )
+        return ResumePoint(directory, metadata, reader, state)
 
-    def _load_resume_state(self, metadata: ExpansionMetadata | None) -> dict[str, torch.Tensor]:
-        self._log(f"Resuming from {self.resume_dir}")
-        return self.resume_reader.load_state_dict()
-
-    def _training_state(self, options: StateDictOptions) -> dict[str, Any]:
-        return {
-            "step": self.step,
-            "method": self.method,
-            "trainable_layers": self.trainable_layers,
-            "optimizer": get_optimizer_state_dict(self.model, self.optimizer, options=options),
-            "scheduler": self.scheduler.state_dict(),
-            "canary_base": getattr(self, "canary_base", {}),
-            "canary_history": self.canary_history,
-            "rng": {"torch": torch.get_rng_state(), "python": random.getstate()},
-        }
-
-    def _load_training_state(self) -> None:
-        state = torch.load(self.resume_dir / TRAINING_STATE_FILE, weights_only=True)
-        if state["method"] != self.method:
-            raise ConfigError(
-                f"resume checkpoint was trained with method={state['method']}, the config says {self.method}"
-            )
+    def _load_training_state(self, resume: ResumePoint) -> None:
+        """Optimizer, fp32 weights, schedule, step, canary record and RNG of the checkpoint."""
+        state = resume.state
         set_optimizer_state_dict(
             self.model,
             self.optimizer,
             state["optimizer"],
             options=StateDictOptions(full_state_dict=True),
         )
-        if state.get("fp32_weights") and self.fp32_trainable:
+        if state.get("fp32_weights") and self.plan.fp32_trainable:
             result = set_model_state_dict(
                 self.model,
                 state["fp32_weights"],
@@ -763,7 +658,7 @@ class AdeptCPTRecipe:
             )
             if result.unexpected_keys:
                 raise ConfigError(
-                    f"resume checkpoint {self.resume_dir} holds fp32 weights the model lacks "
+                    f"resume checkpoint {resume.directory} holds fp32 weights the model lacks "
                     f"({sorted(result.unexpected_keys)[:3]} ...): resume with the run's own config"
                 )
         self.scheduler.load_state_dict(state["scheduler"])
@@ -774,10 +669,13 @@ class AdeptCPTRecipe:
         random.setstate(state["rng"]["python"])
 
     def _last_checkpoint(self) -> Path | None:
-        try:
-            return self._find_resume_checkpoint()
-        except ConfigError:
-            return None
+        """The newest ``checkpoints/step_N`` holding a training state, if any."""
+        found = [
+            p
+            for p in (self.output_dir / "checkpoints").glob("step_*")
+            if (p / TRAINING_STATE_FILE).is_file() and p.name.removeprefix("step_").isdigit()
+        ]
+        return max(found, key=lambda p: int(p.name.removeprefix("step_")), default=None)
 
     def _base_lr(self) -> float:
         if isinstance(self.scheduler, UnitScaledScheduler):
@@ -789,105 +687,32 @@ class AdeptCPTRecipe:
             log.info(message)
 
 
-def _default_loss() -> torch.nn.Module:
-    from torchtune.modules.loss import CEWithChunkedOutputLoss
-
-    return CEWithChunkedOutputLoss()
-
-
-def _unfreeze_all(model: torch.nn.Module) -> Any:
-    model.requires_grad_(True)
-    total = sum(p.numel() for p in model.parameters())
-    return f"trainable: {total:,} / {total:,} (100.00%)"
+def _instantiate(field: str, section: Any, **kwargs: Any) -> Any:
+    """Build a config section's component; a user error (bad file, bad data) names the field."""
+    try:
+        return tt_config.instantiate(section, **kwargs)
+    except (ValueError, FileNotFoundError) as e:
+        message = str(e)
+        raise ConfigError(message if message.startswith(field) else f"{field}: {message}") from None
 
 
 def _clean(key: str) -> str:
+    """A parameter name without the wrappers of activation checkpointing and compile."""
     return key.replace("_checkpoint_wrapped_module.", "").replace("_orig_mod.", "")
 
 
-def _validate(cfg: DictConfig) -> None:
-    """Check the whole config once, before any work; name the field and the fix."""
-    missing = [k for k in REQUIRED_KEYS if k not in cfg]
-    if missing:
-        raise ConfigError(f"config lacks required key(s) {missing}")
-    for key in (
-        "model",
-        "tokenizer",
-        "checkpointer",
-        "metric_logger",
-        "dataset",
-        "optimizer",
-        "lr_scheduler",
-    ):
-        if not isinstance(cfg[key], DictConfig) or "_component_" not in cfg[key]:
-            raise ConfigError(f"`{key}` must be a mapping with a `_component_` entry")
-    check_run_fields(cfg)
-    if cfg.seed is not None and (not isinstance(cfg.seed, int) or isinstance(cfg.seed, bool)):
-        raise ConfigError(f"seed={cfg.seed!r} must be an integer")
-    trainable_dtype = cfg.get("trainable_dtype")
-    if trainable_dtype not in (None, "fp32", cfg.dtype):
-        raise ConfigError(
-            f"trainable_dtype={trainable_dtype!r} with dtype={cfg.dtype}: use fp32 (trainable "
-            "weights kept in fp32) or null (the run's dtype)"
-        )
-    if cfg.method not in METHODS:
-        raise ConfigError(f"method={cfg.method!r}; use one of {', '.join(METHODS)}")
-    for key in ("batch_size", "max_steps"):
-        check_positive_int(cfg, key)
-    for key in ("gradient_accumulation_steps", "probe_batch_size", "stop_after_steps"):
-        check_positive_int(cfg, key, required=False)
-    for key in ("save_every_n_steps", "log_every_n_steps"):
-        if cfg.get(key) is not None and (not isinstance(cfg[key], int) or cfg[key] < 0):
-            raise ConfigError(f"{key}={cfg[key]!r} must be a non-negative integer")
-    if cfg.get("optimizer_in_bwd"):
-        raise ConfigError(
-            "optimizer_in_bwd=True forces one learning rate on every parameter, which defeats "
-            "per-unit learning rates; remove it"
-        )
-    tuning = cfg.get("unit_tuning") or {}
-    try:
-        RefreshPolicy(tuning.get("refresh_every", 500), tuning.get("refresh_at_start", False))
-        lr_scales(
-            {"a": 0.0, "b": 1.0},
-            min_scale=tuning.get("min_scale", 0.0),
-            separate_norm_range=tuning.get("separate_norm_range", False),
-            direction=tuning.get("direction", "general"),
-        )
-        resolve_optimizer_class(cfg.optimizer._component_)
-    except ValueError as e:
-        raise ConfigError(f"unit_tuning / optimizer: {e}") from None
-    if cfg.method != "full":
-        expansion = cfg.expansion
-        if not expansion.get("layers"):
-            k = expansion.get("num_layers")
-            if not isinstance(k, int) or isinstance(k, bool) or k < 1:
-                raise ConfigError(
-                    f"expansion.num_layers={k!r} must be a positive integer (k, layers to expand)"
-                )
-        if cfg.method in _PROBES and not expansion.get("layers") and not expansion.get("profile"):
-            method = expansion.get("importance", "mask-out")
-            if method not in IMPORTANCE_METHODS:
-                raise ConfigError(
-                    f"expansion.importance={method!r}; use one of {', '.join(IMPORTANCE_METHODS)}"
-                )
-        if (cfg.method in _PROBES or cfg.method in _DECOUPLED) and "probe" not in cfg:
-            raise ConfigError(
-                f"method={cfg.method} needs a `probe` section (general-domain probe data)"
-            )
-
-
 def recipe_main(argv: list[str]) -> None:
-    """Parse the command line and run the recipe top to bottom.
+    """Parse the command line, plan the run and run it top to bottom.
 
     Args:
         argv (list[str]): ``--config NAME_OR_PATH [key=value ...]``.
     """
-    cfg = resolved_config(argv, "adept_cpt")
-    recipe = AdeptCPTRecipe(cfg)
+    plan = RunPlan.from_config(resolved_config(argv, "adept_cpt"))
+    recipe = AdeptCPTRecipe(plan)
     try:
         recipe.setup()
         recipe.stage1()
-        if not cfg.get("stage1_only", False):
+        if not plan.stage1.only:
             recipe.setup_training()
             recipe.train()
         recipe.finish()

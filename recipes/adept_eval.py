@@ -19,16 +19,17 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
-import torch
 from omegaconf import DictConfig
 from torchtune import config as tt_config
 from torchtune import training, utils
 from torchtune.modules import TransformerDecoder
 
 from adept_components.checkpointing import HFCheckpointer
+from adept_components.checkpointing.materialize import materialize
 from adept_components.config import (
     ConfigError,
     check_positive_int,
@@ -42,7 +43,7 @@ from adept_components.evaluation import (
     retention_report,
     write_retention_report,
 )
-from adept_components.importance import probe_loss
+from adept_components.losses import heldout_loss
 from adept_components.models import model_from_hf_config
 
 log = utils.get_logger("INFO")
@@ -120,7 +121,10 @@ class AdeptEvalRecipe:
             start = time.perf_counter()
             model = _checked(f"{role}_checkpoint_dir", self._load_model, role)
             self.losses[role] = {
-                name: probe_loss(model, batches) for name, batches in self.batches.items()
+                name: heldout_loss(
+                    model, batches, progress_desc=f"{role} {name} (batch)", show_progress=True
+                )
+                for name, batches in self.batches.items()
             }
             del model
             log.info(
@@ -166,15 +170,13 @@ class AdeptEvalRecipe:
     def _load_model(self, role: str) -> TransformerDecoder:
         """Build the decoder ``config.json`` describes and load the checkpoint into it."""
         checkpointer = self.checkpointers[role]
-        with torch.device("meta"):
-            model = model_from_hf_config(str(checkpointer.checkpoint_dir), self.max_seq_len)
-        model.to_empty(device=self.device)  # uninitialised memory: the weights overwrite it
-        model.to(dtype=self.dtype)
-        checkpointer.load_into(model)
-        with self.device:
-            for module in model.modules():  # RoPE caches are buffers outside the state dict
-                if hasattr(module, "rope_init"):
-                    module.rope_init()
+        model = materialize(
+            partial(model_from_hf_config, str(checkpointer.checkpoint_dir), self.max_seq_len),
+            checkpointer.load_state_dict(),
+            checkpointer.architecture.family,
+            self.device,
+            self.dtype,
+        )
         return model.eval()
 
     def _check_seq_len(self, seq_len: int, field: str) -> None:

@@ -12,6 +12,9 @@ import pytest
 import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# tools/ (the demo-model builder) is not installed with the package; its tokenizer trainer
+# writes the tokenizers these tests use.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
 
 # Tiny architectures that still exercise what the real ones have: GQA, head_dim != dim/heads
 # (Qwen3), tied and untied heads, Llama 3 RoPE scaling.
@@ -105,7 +108,7 @@ SAMPLE_TEXT = (
 
 def write_qwen_tokenizer(directory: Path, texts: list[str], vocab_size: int = 300) -> int:
     """A locally trained Qwen-format BPE tokenizer; returns the number of ids."""
-    from adept_components.assets.build_demo import train_qwen_tokenizer
+    from build_demo import train_qwen_tokenizer
 
     return train_qwen_tokenizer(texts, vocab_size, directory)
 

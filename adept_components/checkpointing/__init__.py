@@ -2,14 +2,12 @@
 
 from adept_components.checkpointing.hf_checkpointer import (
     HFCheckpointer,
-    atomic_directory,
     check_state_dict_matches,
     write_safetensors_shards,
 )
 
 __all__ = [
     "HFCheckpointer",
-    "atomic_directory",
     "check_state_dict_matches",
     "write_safetensors_shards",
 ]

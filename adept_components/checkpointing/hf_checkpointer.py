@@ -11,15 +11,16 @@ from __future__ import annotations
 
 import json
 import shutil
-import uuid
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from huggingface_hub import save_torch_state_dict
+from safetensors.torch import load_file
 from torch import nn
 
+from adept_components import atomic
 from adept_components.models.architecture import ModelArchitecture, config_path, read_hf_config
 from adept_components.models.convert_weights import hf_name, hf_to_tune, tune_to_hf
 
@@ -124,7 +125,8 @@ class HFCheckpointer:
             if key in config or key == "torch_dtype":
                 config[key] = saved_dtype
 
-        def write(tmp: Path) -> None:
+        target = self.output_dir / name
+        with atomic.atomic_directory(target) as tmp:
             _copy_support_files(self.checkpoint_dir, tmp, skip=self.weight_files)
             _write_json(tmp / "config.json", config)
             for filename, content in (extra_json or {}).items():
@@ -132,8 +134,7 @@ class HFCheckpointer:
             write_safetensors_shards(hf_state, tmp, self.max_shard_size)
             if extra_writer is not None:
                 extra_writer(tmp)
-
-        return atomic_directory(self.output_dir / name, write)
+        return target
 
 
 def check_state_dict_matches(
@@ -174,62 +175,17 @@ def write_safetensors_shards(
 ) -> None:
     """Write ``state`` as HF safetensors: one ``model.safetensors``, or shards plus index.
 
+    ``huggingface_hub.save_torch_state_dict`` does the work, so the files are named and indexed
+    as ``transformers`` writes them (``model-00001-of-00003.safetensors``,
+    ``model.safetensors.index.json``). Tensors fill shards in ``state`` order; one larger than
+    ``max_shard_size`` gets a shard of its own while the others keep filling the open shard.
+
     Args:
         state (dict): HF-named tensors.
         directory (Path): existing directory to write into.
         max_shard_size (int): bytes per shard at most (a larger single tensor gets its own).
     """
-    shards: list[dict[str, torch.Tensor]] = [{}]
-    size = 0
-    for key, tensor in state.items():
-        nbytes = tensor.numel() * tensor.element_size()
-        if shards[-1] and size + nbytes > max_shard_size:
-            shards.append({})
-            size = 0
-        shards[-1][key] = tensor.detach().cpu().contiguous()
-        size += nbytes
-    if len(shards) == 1:
-        save_file(shards[0], str(directory / "model.safetensors"), metadata={"format": "pt"})
-        return
-    weight_map: dict[str, str] = {}
-    for i, shard in enumerate(shards, start=1):
-        filename = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
-        save_file(shard, str(directory / filename), metadata={"format": "pt"})
-        weight_map.update(dict.fromkeys(shard, filename))
-    total = sum(t.numel() * t.element_size() for t in state.values())
-    _write_json(
-        directory / SAFETENSORS_INDEX, {"metadata": {"total_size": total}, "weight_map": weight_map}
-    )
-
-
-def atomic_directory(target: Path, write: Callable[[Path], None]) -> Path:
-    """Create ``target`` by filling a hidden sibling directory and renaming it into place.
-
-    A previous ``target`` is replaced only after the new one is complete; if ``write`` raises,
-    the temporary directory is removed and ``target`` is untouched.
-
-    Args:
-        target (Path): final directory.
-        write (Callable[[Path], None]): fills the (empty, existing) temporary directory.
-
-    Returns:
-        Path: ``target``.
-    """
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tag = uuid.uuid4().hex[:8]
-    tmp = target.parent / f".{target.name}.tmp-{tag}"
-    tmp.mkdir()
-    try:
-        write(tmp)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    old = target.parent / f".{target.name}.old-{tag}"
-    if target.exists():
-        target.rename(old)
-    tmp.rename(target)
-    shutil.rmtree(old, ignore_errors=True)
-    return target
+    save_torch_state_dict(dict(state), directory, max_shard_size=max_shard_size)
 
 
 def _find_weight_files(directory: Path) -> list[Path]:

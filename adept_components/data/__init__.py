@@ -1,5 +1,6 @@
 """Data for ADEPT: the general-domain probe set (S1.1) and the packed domain corpus (S2.5)."""
 
+from adept_components.data.order import epoch_order
 from adept_components.data.packed_text import CorpusInfo, PackedText, packed_text_dataset
 from adept_components.data.probe import (
     ProbeData,
@@ -18,6 +19,7 @@ __all__ = [
     "ProbeKind",
     "ProbeSample",
     "ProbeSetInfo",
+    "epoch_order",
     "packed_text_dataset",
     "probe_batches",
     "probe_dataset",

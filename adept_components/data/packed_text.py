@@ -18,17 +18,14 @@ from __future__ import annotations
 import dataclasses
 from array import array
 from collections.abc import Mapping
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 from torch.utils.data import Dataset
 
+from adept_components.data.encoder import Encoder
 from adept_components.data.sources import read_rows
 from adept_components.data.token_cache import cached_token_stream
-
-
-class _Encoder(Protocol):
-    def encode(self, text: str, add_bos: bool = True, add_eos: bool = True) -> list[int]: ...
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,7 +67,7 @@ class PackedText(Dataset):
 
 
 def packed_text_dataset(
-    tokenizer: _Encoder,
+    tokenizer: Encoder,
     source: str,
     max_seq_len: int,
     split: str = "train",
@@ -85,7 +82,7 @@ def packed_text_dataset(
     """Tokenize a corpus, concatenate its documents and cut the stream into chunks.
 
     Args:
-        tokenizer (_Encoder): torchtune tokenizer (``encode(text, add_bos, add_eos)``); its
+        tokenizer (Encoder): torchtune tokenizer (``encode(text, add_bos, add_eos)``); its
             end-of-text token separates documents.
         source (str): ``.txt`` (one document per paragraph), ``.jsonl``/``.json``/``.parquet``
             (one per row), a dataset directory or a Hugging Face dataset id.
@@ -141,7 +138,7 @@ def packed_text_dataset(
     num_chunks = len(stream) // max_seq_len
     if num_chunks == 0:
         raise ValueError(
-            f"dataset source {source!r} gave {len(stream)} tokens, fewer than one chunk of "
+            f"source {source!r} gave {len(stream)} tokens, fewer than one chunk of "
             f"max_seq_len={max_seq_len}: use a larger corpus or a shorter max_seq_len"
         )
     used = num_chunks * max_seq_len
@@ -151,7 +148,7 @@ def packed_text_dataset(
 
 
 def _tokenize(
-    tokenizer: _Encoder,
+    tokenizer: Encoder,
     *,
     source: str,
     split: str,
@@ -165,7 +162,7 @@ def _tokenize(
     """The corpus as one int32 token stream (documents closed by end-of-text) and its count."""
     stream = array("i")  # 4 bytes per token: a 300M-token budget is 1.2 GB, not a list of ints
     documents = 0
-    rows = read_rows(source, split, streaming=streaming, field="dataset source", subset=subset)
+    rows = read_rows(source, split, streaming=streaming, field="source", subset=subset)
     for index, row in enumerate(rows):
         if index < skip_documents:
             continue

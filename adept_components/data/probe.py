@@ -23,11 +23,13 @@ import dataclasses
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
 import torch
+from torch.nn.utils.rnn import pad_sequence
 from torchtune.data import CROSS_ENTROPY_IGNORE_IDX
 
+from adept_components.data.encoder import Encoder
 from adept_components.data.sources import read_rows
 
 logger = logging.getLogger(__name__)
@@ -35,12 +37,6 @@ logger = logging.getLogger(__name__)
 ProbeKind = Literal["text", "instruction"]
 _KINDS = ("text", "instruction")
 # Local file suffix -> ``datasets`` builder name.
-
-
-class _Encoder(Protocol):
-    """What the probe needs of a tokenizer (torchtune's Qwen2.5 and Llama 3 tokenizers fit)."""
-
-    def encode(self, text: str, add_bos: bool = True, add_eos: bool = True) -> list[int]: ...
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,7 +97,7 @@ class ProbeData:
 
 
 def probe_dataset(
-    tokenizer: _Encoder,
+    tokenizer: Encoder,
     source: str,
     kind: ProbeKind = "text",
     num_samples: int = 1000,
@@ -140,7 +136,7 @@ def probe_dataset(
     logs a warning.
 
     Args:
-        tokenizer (_Encoder): a torchtune tokenizer with ``encode(text, add_bos, add_eos)``.
+        tokenizer (Encoder): a torchtune tokenizer with ``encode(text, add_bos, add_eos)``.
         source (str): file path, dataset directory or Hugging Face dataset id.
         kind (str): ``"text"`` (loss on every token) or ``"instruction"`` (loss on the answer).
         num_samples (int): samples to keep. Default: 1000.
@@ -188,7 +184,7 @@ def probe_dataset(
             f"probe kind={kind!r} needs columns, but {source!r} is a .txt file; "
             "use a .jsonl/.json/.parquet file with instruction and output columns"
         )
-    rows = read_rows(source, split, seed, streaming, field="probe source", subset=subset)
+    rows = read_rows(source, split, seed, streaming, field="source", subset=subset)
     columns = _Columns(kind, text_column, instruction_column, output_column, input_column)
     samples: list[ProbeSample] = []
     skipped = 0
@@ -203,12 +199,12 @@ def probe_dataset(
     if not samples:
         what = "no rows" if skipped == 0 else f"{skipped} rows, all empty or fully masked"
         raise ValueError(
-            f"probe source {source!r} (kind={kind!r}) gave {what}: no sample has a token the "
+            f"source {source!r} (kind={kind!r}) gave {what}: no sample has a token the "
             "loss counts. Check the file, the column names and max_seq_len."
         )
     if len(samples) < num_samples:
         logger.warning(
-            "probe source %s has only %d usable samples (num_samples=%d)",
+            "source %s has only %d usable samples (num_samples=%d)",
             source,
             len(samples),
             num_samples,
@@ -227,7 +223,7 @@ def probe_dataset(
 
 
 def probe_mixture(
-    tokenizer: _Encoder, parts: Sequence[Mapping[str, Any]], max_seq_len: int = 512
+    tokenizer: Encoder, parts: Sequence[Mapping[str, Any]], max_seq_len: int = 512
 ) -> ProbeData:
     """One probe set of several sources: spec S1.1's plain text *and* instruction pairs.
 
@@ -245,7 +241,7 @@ def probe_mixture(
             - {source: tatsu-lab/alpaca, kind: instruction, num_samples: 500}
 
     Args:
-        tokenizer (_Encoder): a torchtune tokenizer with ``encode(text, add_bos, add_eos)``.
+        tokenizer (Encoder): a torchtune tokenizer with ``encode(text, add_bos, add_eos)``.
         parts (Sequence[Mapping[str, Any]]): ``probe_dataset`` keyword arguments, one mapping
             per source, without ``tokenizer`` and ``max_seq_len``.
         max_seq_len (int): tokens per sample, for every part. Default: 512.
@@ -314,14 +310,16 @@ def probe_batches(data: ProbeData, batch_size: int) -> list[tuple[torch.Tensor, 
     batches = []
     for start in range(0, len(data.samples), batch_size):
         chunk = data.samples[start : start + batch_size]
-        width = max(len(s.tokens) for s in chunk)
-        tokens = torch.full((len(chunk), width), data.pad_id, dtype=torch.long)  # [b, s]
-        labels = torch.full((len(chunk), width), CROSS_ENTROPY_IGNORE_IDX, dtype=torch.long)
-        for i, sample in enumerate(chunk):
-            tokens[i, : len(sample.tokens)] = torch.tensor(sample.tokens, dtype=torch.long)
-            labels[i, : len(sample.labels)] = torch.tensor(sample.labels, dtype=torch.long)
+        tokens = _right_padded([s.tokens for s in chunk], data.pad_id)  # [b, s]
+        labels = _right_padded([s.labels for s in chunk], CROSS_ENTROPY_IGNORE_IDX)  # [b, s]
         batches.append((tokens, labels))
     return batches
+
+
+def _right_padded(rows: list[list[int]], value: int) -> torch.Tensor:
+    """[len(rows), longest row] int64, each row right-padded with ``value``."""
+    tensors = [torch.tensor(row, dtype=torch.long) for row in rows]
+    return pad_sequence(tensors, batch_first=True, padding_value=value)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -361,7 +359,7 @@ def _cell(row: Mapping[str, Any], column: str, field: str, source: str) -> str:
 
 
 def _tokenize_row(
-    tokenizer: _Encoder, text: tuple[str, str], kind: str, max_seq_len: int
+    tokenizer: Encoder, text: tuple[str, str], kind: str, max_seq_len: int
 ) -> ProbeSample | None:
     prompt, answer = text
     if not answer.strip():

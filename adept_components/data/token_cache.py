@@ -18,13 +18,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from adept_components.atomic import atomic_write, write_text_atomically
 
 FORMAT_VERSION = 1
 # Encoded by every tokenizer to tell tokenizers apart: scripts, digits, whitespace runs, code.
@@ -35,8 +36,8 @@ _FINGERPRINT_TEXT = (
 )
 
 
-def tokenizer_fingerprint(tokenizer: Any) -> str:
-    """A hash that differs between tokenizers that would tokenize a corpus differently.
+def tokenizer_cache_key(tokenizer: Any) -> str:
+    """The tokenizer's part of the cache key: a digest that differs when tokenization would.
 
     It covers the tokenizer's class, special ids, its encoding of a multilingual sample and,
     where the tokenizer exposes them, its vocabulary and merges (torchtune's BPE tokenizers) or
@@ -86,7 +87,7 @@ def cached_token_stream(
         ValueError: a cache entry whose token file does not match its description.
     """
     content = {"format_version": FORMAT_VERSION, "fields": fields}
-    content["tokenizer"] = tokenizer_fingerprint(tokenizer)
+    content["tokenizer"] = tokenizer_cache_key(tokenizer)
     key = hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:24]
     directory = Path(cache_dir).expanduser()
     tokens_path, meta_path = directory / f"tokens-{key}.bin", directory / f"tokens-{key}.json"
@@ -94,9 +95,10 @@ def cached_token_stream(
         if int(os.environ.get("LOCAL_RANK", "0")) == 0:
             stream, documents = build()
             directory.mkdir(parents=True, exist_ok=True)
-            _write_atomic(tokens_path, memoryview(stream.contiguous().numpy()))
+            data = memoryview(stream.contiguous().numpy())
+            atomic_write(tokens_path, lambda tmp: tmp.write_bytes(data))
             meta = {**content, "num_tokens": int(stream.numel()), "num_documents": documents}
-            _write_atomic(meta_path, json.dumps(meta, indent=2).encode())
+            write_text_atomically(meta_path, json.dumps(meta, indent=2))
         else:  # torchrun stops every rank if the one building fails, so no timeout is needed
             while not meta_path.is_file():
                 time.sleep(poll_seconds)
@@ -111,17 +113,3 @@ def cached_token_stream(
         return torch.empty(0, dtype=torch.int32), meta["num_documents"]
     stream = torch.from_file(str(tokens_path), shared=False, size=num_tokens, dtype=torch.int32)
     return stream, meta["num_documents"]
-
-
-def _write_atomic(path: Path, data: bytes | memoryview) -> None:
-    """Write ``data`` to a temporary file beside ``path``, then rename it into place."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

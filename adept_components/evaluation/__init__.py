@@ -13,7 +13,7 @@ from adept_components.evaluation.retention import (
     retention_report,
     write_retention_report,
 )
-from adept_components.evaluation.tokenizer_match import check_same_tokenizer, tokenizer_fingerprint
+from adept_components.evaluation.tokenizer_match import check_same_tokenizer, tokenizer_file_digests
 
 __all__ = [
     "HeldOutComparison",
@@ -24,6 +24,6 @@ __all__ = [
     "plot_retention",
     "retention_from_canary",
     "retention_report",
-    "tokenizer_fingerprint",
+    "tokenizer_file_digests",
     "write_retention_report",
 ]

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from adept_components.evaluation.tokenizer_match import tokenizer_fingerprint
+from adept_components.evaluation.tokenizer_match import tokenizer_file_digests
 
 _INSTALL_HINT = "lm-eval is not installed: pip install 'adept-cpt[eval]'"
 
@@ -98,7 +98,7 @@ def check_model_dir(model_dir: str | Path) -> Path:
         raise FileNotFoundError(f"{path} has no config.json: not a Hugging Face model directory")
     if not any(path.glob("*.safetensors")) and not any(path.glob("pytorch_model*.bin")):
         raise FileNotFoundError(f"{path} has no weights (*.safetensors or pytorch_model*.bin)")
-    if not tokenizer_fingerprint(path):
+    if not tokenizer_file_digests(path):
         raise FileNotFoundError(
             f"{path} has no tokenizer files; copy the base model's tokenizer files into it"
         )

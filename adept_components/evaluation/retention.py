@@ -17,14 +17,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
-import uuid
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
+
+from adept_components.atomic import atomic_writes
 
 HELD_OUT_SETS = ("general", "domain")
 CANARY_KEYS = ("step", "general_loss", "domain_loss", "general_base", "domain_base")
@@ -341,20 +341,8 @@ def write_retention_report(
     if history is not None:
         writers["canary"] = lambda p: plot_canary(history, p)
     out.mkdir(parents=True, exist_ok=True)
-    tag = uuid.uuid4().hex[:8]
-    staged: dict[str, Path] = {}
-    try:
-        for key, write in writers.items():
-            staged[key] = out / f".{REPORT_FILES[key]}.tmp-{tag}"
-            write(staged[key])
-    except BaseException:
-        for tmp in staged.values():
-            tmp.unlink(missing_ok=True)
-        raise
-    written = {}
-    for key, tmp in staged.items():
-        written[key] = out / REPORT_FILES[key]
-        os.replace(tmp, written[key])
+    written = {key: out / REPORT_FILES[key] for key in writers}
+    atomic_writes({written[key]: write for key, write in writers.items()})
     return written
 
 

@@ -30,7 +30,7 @@ TOKENIZER_FILES = (
 )
 
 
-def tokenizer_fingerprint(checkpoint_dir: str | Path) -> dict[str, str]:
+def tokenizer_file_digests(checkpoint_dir: str | Path) -> dict[str, str]:
     """SHA-256 of each tokenizer file in a model directory (JSON files canonicalised).
 
     Args:
@@ -71,7 +71,7 @@ def check_same_tokenizer(base_dir: str | Path, adapted_dir: str | Path) -> None:
             f"the checkpoints have different vocabularies: vocab_size={base_vocab} in {base} "
             f"but {adapted_vocab} in {adapted}; compare an adapted model only with its own base"
         )
-    base_files, adapted_files = tokenizer_fingerprint(base), tokenizer_fingerprint(adapted)
+    base_files, adapted_files = tokenizer_file_digests(base), tokenizer_file_digests(adapted)
     if not adapted_files:
         raise ValueError(
             f"{adapted} has no tokenizer files (looked for {', '.join(TOKENIZER_FILES)}); copy "

@@ -1,12 +1,12 @@
 """Layer and unit importance on general-domain probe data (spec S1.2, S1.3, S2.2)."""
 
+from adept_components.expansion import check_selected_layers
 from adept_components.importance.layer_importance import (
     IMPORTANCE_METHODS,
     Batch,
     GradientImportance,
     ImportanceMethod,
     MaskOutLosses,
-    check_selected_layers,
     grad_cumulative_importance,
     layer_importance,
     mask_out_importance,

@@ -29,10 +29,9 @@ gathered copy.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Literal, NamedTuple
 
 import torch
@@ -41,6 +40,8 @@ import torch.nn.functional as F
 from torch import nn
 from torchtune.data import CROSS_ENTROPY_IGNORE_IDX
 
+from adept_components.distributed import global_means, rank_share
+from adept_components.losses import eval_mode, shift_labels
 from adept_components.progress import progress_bar
 
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -110,8 +111,8 @@ def probe_loss(
     _check_probe(model, batches)
     device = _device(model)
     totals = torch.zeros(2, dtype=torch.float64, device=device)  # [loss sum, tokens]
-    with _eval_mode(model), torch.inference_mode():
-        for tokens, labels in _shard(batches, group):
+    with eval_mode(model), torch.inference_mode():
+        for tokens, labels in rank_share(batches, group):
             tokens, labels = tokens.to(device), labels.to(device)
             h = model.tok_embeddings(tokens)  # [b, s, d]
             for layer in model.layers:
@@ -119,8 +120,7 @@ def probe_loss(
             loss_sum, count = _loss_sum(model, h, labels)
             totals[0] += loss_sum
             totals[1] += count
-    totals = _all_reduce_sum(totals, group)
-    return (totals[0] / totals[1]).item()
+    return global_means(totals, group)[0][0]
 
 
 def mask_out_losses(
@@ -156,9 +156,9 @@ def mask_out_losses(
     num_layers = len(model.layers)
     # [L̂(0) .. L̂(L−1), L_base] loss sums, then the token count.
     totals = torch.zeros(num_layers + 2, dtype=torch.float64, device=device)
-    mine = _shard(batches, group)
+    mine = rank_share(batches, group)
     bar = progress_bar(len(mine) * (num_layers + 1), "probe mask-out (batch x layer)", progress)
-    with _eval_mode(model), torch.inference_mode(), bar:
+    with eval_mode(model), torch.inference_mode(), bar:
         for tokens, labels in mine:
             tokens, labels = tokens.to(device), labels.to(device)
             inputs = [model.tok_embeddings(tokens)]  # inputs[l]: [b, s, d] entering layer l
@@ -175,11 +175,9 @@ def mask_out_losses(
                 totals[skipped] += _loss_sum(model, h, labels)[0]
                 bar.update()
             del inputs
-    totals = _all_reduce_sum(totals, group)
-    num_tokens = totals[-1]
-    losses = (totals[:-1] / num_tokens).tolist()
+    losses, num_tokens = global_means(totals, group)
     return MaskOutLosses(
-        base_loss=losses[-1], skipped_losses=losses[:-1], num_tokens=int(num_tokens.item())
+        base_loss=losses[-1], skipped_losses=losses[:-1], num_tokens=int(num_tokens)
     )
 
 
@@ -254,9 +252,9 @@ def grad_cumulative_importance(
         _clear_grads(model)
         for param in params:
             param.requires_grad_(True)
-        mine = _shard(batches, group)
+        mine = rank_share(batches, group)
         bar = progress_bar(len(mine), "probe gradients (batch)", progress)
-        with _eval_mode(model), torch.enable_grad(), bar:
+        with eval_mode(model), torch.enable_grad(), bar:
             for tokens, labels in mine:
                 bar.update()
                 tokens, labels = tokens.to(device), labels.to(device)
@@ -276,8 +274,7 @@ def grad_cumulative_importance(
         for param, requires_grad in flags:
             param.requires_grad_(requires_grad)
         _clear_grads(model)
-    totals = _all_reduce_sum(totals, group)
-    tensor_scores = (totals[:-1] / totals[-1]).tolist()  # S_T per tensor
+    tensor_scores, _ = global_means(totals, group)  # S_T per tensor
     layer_sums = [0.0] * len(model.layers)
     unit_scores: dict[int, dict[str, float]] = {i: {} for i in range(len(model.layers))}
     for (index, name, param), score in zip(units, tensor_scores, strict=True):
@@ -392,38 +389,6 @@ def select_layers(scores: Sequence[float], k: int) -> list[int]:
     return sorted(order[:k])
 
 
-def check_selected_layers(layers: Sequence[int], num_layers: int) -> list[int]:
-    """Validate an explicit layer list from the config (spec S1.3).
-
-    Args:
-        layers (Sequence[int]): 0-based indices of base-model layers to expand.
-        num_layers (int): layers of the base model.
-
-    Returns:
-        list[int]: the indices, sorted ascending.
-
-    Raises:
-        ValueError: an index out of range, a duplicate, an empty list, or as many layers as
-            the model has (k must be < L).
-    """
-    layers = list(layers)
-    out_of_range = [i for i in layers if not (isinstance(i, int) and 0 <= i < num_layers)]
-    if out_of_range:
-        raise ValueError(
-            f"expand_layers={layers} but the base model has {num_layers} layers "
-            f"(valid: 0..{num_layers - 1}); bad: {out_of_range}"
-        )
-    if len(set(layers)) != len(layers):
-        duplicates = sorted({i for i in layers if layers.count(i) > 1})
-        raise ValueError(f"expand_layers={layers} repeats layers {duplicates}")
-    if not 1 <= len(layers) < num_layers:
-        raise ValueError(
-            f"expand_layers={layers}: k={len(layers)} but k must be in 1..{num_layers - 1} "
-            f"for a {num_layers}-layer model"
-        )
-    return sorted(layers)
-
-
 def _descending_ranks(scores: Sequence[float], name: str) -> list[float]:
     """1-based ranks, highest score first; ties share the average of their ranks."""
     if not all(math.isfinite(s) for s in scores):
@@ -447,9 +412,9 @@ def _loss_sum(model: nn.Module, h: torch.Tensor, labels: torch.Tensor) -> tuple[
     Only positions whose next label counts are normalised and projected to the vocabulary,
     in chunks, so pads and prompts cost no logits and memory stays bounded.
     """
-    targets = labels[:, 1:]  # [b, s-1]
+    targets = shift_labels(labels)  # [b, s]: what each position predicts
     keep = targets != CROSS_ENTROPY_IGNORE_IDX
-    hidden = h[:, :-1][keep]  # [n, d]
+    hidden = h[keep]  # [n, d]
     targets = targets[keep]  # [n]
     total = torch.zeros((), dtype=torch.float64, device=h.device)
     for start in range(0, targets.numel(), _LOGIT_CHUNK):
@@ -490,30 +455,12 @@ def _check_batches(model: nn.Module, batches: Sequence[Batch]) -> None:
                 f"probe batch {i} has sequences of {tokens.shape[1]} tokens but the model "
                 f"was built for max_seq_len={max_seq_len}: lower the probe max_seq_len"
             )
-        supervised += int((labels[:, 1:] != CROSS_ENTROPY_IGNORE_IDX).sum())
+        supervised += int((shift_labels(labels) != CROSS_ENTROPY_IGNORE_IDX).sum())
     if supervised == 0:
         raise ValueError(
             "the probe has no supervised token: every label is padding or masked prompt "
             f"({CROSS_ENTROPY_IGNORE_IDX})"
         )
-
-
-def _world(group: dist.ProcessGroup | None) -> tuple[int, int]:
-    if group is None and not (dist.is_available() and dist.is_initialized()):
-        return 0, 1
-    return dist.get_rank(group), dist.get_world_size(group)
-
-
-def _shard(batches: Sequence[Batch], group: dist.ProcessGroup | None) -> Sequence[Batch]:
-    """This rank's batches: ``batches[rank::world]``."""
-    rank, world = _world(group)
-    return batches[rank::world]
-
-
-def _all_reduce_sum(values: torch.Tensor, group: dist.ProcessGroup | None) -> torch.Tensor:
-    if _world(group)[1] > 1:
-        dist.all_reduce(values, op=dist.ReduceOp.SUM, group=group)
-    return values
 
 
 def _device(model: nn.Module) -> torch.device:
@@ -523,15 +470,3 @@ def _device(model: nn.Module) -> torch.device:
 def _clear_grads(model: nn.Module) -> None:
     for param in model.parameters():
         param.grad = None
-
-
-@contextlib.contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[None]:
-    """Eval mode inside; every submodule's own train/eval flag restored after."""
-    modes = [(module, module.training) for module in model.modules()]
-    model.eval()
-    try:
-        yield
-    finally:
-        for module, training in modes:
-            module.training = training

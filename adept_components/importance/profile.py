@@ -24,12 +24,13 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 from torch import nn
 
+from adept_components.atomic import atomic_write, write_text_atomically
 from adept_components.data.probe import ProbeSetInfo
+from adept_components.expansion import check_selected_layers
 from adept_components.importance.layer_importance import (
     IMPORTANCE_METHODS,
     Batch,
     ImportanceMethod,
-    check_selected_layers,
     grad_cumulative_importance,
     mask_out_losses,
     rank_importance,
@@ -119,7 +120,7 @@ class LayerProfile:
                 )
             if not all(math.isfinite(s) for s in scores):
                 raise ValueError(f"profile layer_scores[{method!r}] is not finite: {scores}")
-        check_selected_layers(self.selected_layers, num_layers)
+        check_selected_layers(self.selected_layers, num_layers, field="selected_layers")
         if self.unit_scores and sorted(self.unit_scores) != list(range(num_layers)):
             raise ValueError(
                 f"profile unit_scores covers layers {sorted(self.unit_scores)}, "
@@ -318,11 +319,11 @@ def write_profile(profile: LayerProfile, out_dir: str | os.PathLike) -> dict[str
     out.mkdir(parents=True, exist_ok=True)
     paths = {"json": out / PROFILE_FILE, "layers": out / LAYERS_FILE}
     text = json.dumps(profile.to_dict(), indent=2)
-    _write_atomically(paths["json"], lambda tmp: tmp.write_text(text + "\n"))
-    _write_atomically(paths["layers"], lambda tmp: _plot_layer_scores(profile, tmp))
+    write_text_atomically(paths["json"], text + "\n")
+    atomic_write(paths["layers"], lambda tmp: _plot_layer_scores(profile, tmp))
     if profile.unit_scores:
         paths["units"] = out / HEATMAP_FILE
-        _write_atomically(paths["units"], lambda tmp: _plot_unit_heatmap(profile, tmp))
+        atomic_write(paths["units"], lambda tmp: _plot_unit_heatmap(profile, tmp))
     return paths
 
 
@@ -349,16 +350,6 @@ def read_profile(path: str | os.PathLike) -> LayerProfile:
     except json.JSONDecodeError as err:
         raise ValueError(f"{file} is not valid JSON: {err}") from err
     return LayerProfile.from_dict(record)
-
-
-def _write_atomically(path: Path, write: Callable[[Path], Any]) -> None:
-    """Write to a temporary sibling, then rename over ``path``: readers never see half a file."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _short_unit_name(name: str) -> str:

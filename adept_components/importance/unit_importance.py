@@ -63,14 +63,9 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 from torchtune.data import CROSS_ENTROPY_IGNORE_IDX
 
-from adept_components.importance.layer_importance import (
-    Batch,
-    _all_reduce_sum,
-    _check_batches,
-    _device,
-    _eval_mode,
-    _world,
-)
+from adept_components.distributed import global_means, rank_and_world
+from adept_components.importance.layer_importance import Batch, _check_batches, _device
+from adept_components.losses import eval_mode, shift_labels
 from adept_components.optim.unit_groups import clean_param_name
 from adept_components.progress import progress_bar
 
@@ -120,7 +115,7 @@ def unit_importance(
     _check_batches(model, batches)
     chosen = _unit_params(model, units)
     sharded = any(isinstance(param, DTensor) for _, _, param in chosen)
-    rank, world = _world(group)
+    rank, world = rank_and_world(group)
     steps = math.ceil(len(batches) / world) if sharded else None
     device = _device(model)
     gradients = _ShardedUnitGradients(model, chosen) if sharded else _UnitGradients(chosen)
@@ -132,10 +127,10 @@ def unit_importance(
             param.grad = None
         passes = list(_rank_passes(batches, rank, world, steps))
         bar = progress_bar(len(passes), "unit importance (batch)", progress)
-        with _eval_mode(model), _rng_preserved(), torch.enable_grad(), gradients, bar:
+        with eval_mode(model), _rng_preserved(), torch.enable_grad(), gradients, bar:
             for (tokens, labels), counts in passes:
                 bar.update()
-                num_supervised = int((labels[:, 1:] != CROSS_ENTROPY_IGNORE_IDX).sum())
+                num_supervised = int((shift_labels(labels) != CROSS_ENTROPY_IGNORE_IDX).sum())
                 counts = counts and num_supervised > 0
                 if not counts and steps is None:
                     continue  # a whole model needs no lockstep: skip the empty batch
@@ -147,8 +142,7 @@ def unit_importance(
     finally:
         for param, grad in saved_grads:
             param.grad = grad
-    totals = _all_reduce_sum(totals, group)
-    per_batch = (totals[:-1] / totals[-1]).tolist()  # Σ_elements |θ| · mean_b |g_b|
+    per_batch, _ = global_means(totals, group)  # Σ_elements |θ| · mean_b |g_b|
     return {
         name: total / param.numel()
         for (name, _, param), total in zip(chosen, per_batch, strict=True)
@@ -218,8 +212,7 @@ def _loss_sum(model: nn.Module, tokens: torch.Tensor, labels: torch.Tensor) -> t
     if getattr(model, "output_hidden_states", None):
         output = output[-1]  # [*hidden states, logits]
     chunks = output if isinstance(output, list) else [output]  # each [b, s_chunk, v]
-    # targets[:, t] is the label logits[:, t] predicts; the last position predicts nothing.
-    targets = F.pad(labels[:, 1:], (0, 1), value=CROSS_ENTROPY_IGNORE_IDX)  # [b, s]
+    targets = shift_labels(labels)  # [b, s]: the label logits[:, t] predicts
     sums, start = [], 0
     for chunk in chunks:
         end = start + chunk.shape[1]
@@ -329,18 +322,12 @@ class _ShardedUnitGradients:
         tensor.grad = None
 
 
-@contextlib.contextmanager
-def _rng_preserved() -> Iterator[None]:
+def _rng_preserved() -> contextlib.AbstractContextManager[None]:
     """The CPU and (initialised) CUDA generators' states restored on exit.
 
     The probe draws no random numbers in eval mode, but activation checkpointing saves and
     re-seeds RNG states around its recompute: restoring them makes "unchanged" a guarantee.
+    CUDA devices are forked only once CUDA is initialised, so a CPU run never initialises it.
     """
-    cpu = torch.get_rng_state()
-    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
-    try:
-        yield
-    finally:
-        torch.set_rng_state(cpu)
-        if cuda is not None:
-            torch.cuda.set_rng_state_all(cuda)
+    cuda = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
+    return torch.random.fork_rng(devices=cuda, device_type="cuda")

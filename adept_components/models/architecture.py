@@ -73,35 +73,22 @@ class ModelArchitecture:
         Returns:
             TransformerDecoder: the model.
         """
-        seq = max_seq_len or self.max_seq_len
+        numbers = {
+            "vocab_size": self.vocab_size,
+            "num_layers": self.num_layers,
+            "num_heads": self.num_heads,
+            "num_kv_heads": self.num_kv_heads,
+            "embed_dim": self.embed_dim,
+            "intermediate_dim": self.intermediate_dim,
+            "max_seq_len": max_seq_len or self.max_seq_len,
+            "head_dim": self.head_dim,
+            "norm_eps": self.norm_eps,
+            "rope_base": self.rope_base,
+            "tie_word_embeddings": self.tie_word_embeddings,
+        }
         if self.family == "qwen3":
-            return qwen3(
-                vocab_size=self.vocab_size,
-                num_layers=self.num_layers,
-                num_heads=self.num_heads,
-                num_kv_heads=self.num_kv_heads,
-                embed_dim=self.embed_dim,
-                intermediate_dim=self.intermediate_dim,
-                max_seq_len=seq,
-                head_dim=self.head_dim,
-                norm_eps=self.norm_eps,
-                rope_base=self.rope_base,
-                tie_word_embeddings=self.tie_word_embeddings,
-            )
-        return llama(
-            vocab_size=self.vocab_size,
-            num_layers=self.num_layers,
-            num_heads=self.num_heads,
-            num_kv_heads=self.num_kv_heads,
-            embed_dim=self.embed_dim,
-            intermediate_dim=self.intermediate_dim,
-            max_seq_len=seq,
-            head_dim=self.head_dim,
-            norm_eps=self.norm_eps,
-            rope_base=self.rope_base,
-            rope_scaling=self.rope_scaling,
-            tie_word_embeddings=self.tie_word_embeddings,
-        )
+            return qwen3(**numbers)
+        return llama(**numbers, rope_scaling=self.rope_scaling)
 
     @classmethod
     def from_hf_config(

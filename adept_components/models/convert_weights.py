@@ -11,12 +11,12 @@ from __future__ import annotations
 import torch
 from torchtune.models import convert_weights as tt_convert
 from torchtune.models.convert_weights import get_mapped_key
-from torchtune.models.qwen2._convert_weights import _FROM_HF as _QWEN2_FROM_HF
 
+from adept_components._torchtune import LLAMA_FROM_HF, QWEN2_FROM_HF
 from adept_components.models.architecture import ModelArchitecture
 
 _QWEN3_FROM_HF: dict[str, str | None] = {
-    **{k: v for k, v in _QWEN2_FROM_HF.items() if not k.endswith(".bias")},
+    **{k: v for k, v in QWEN2_FROM_HF.items() if not k.endswith(".bias")},
     "model.layers.{}.self_attn.q_norm.weight": "layers.{}.attn.q_norm.scale",
     "model.layers.{}.self_attn.k_norm.weight": "layers.{}.attn.k_norm.scale",
 }
@@ -91,7 +91,7 @@ def hf_name(tune_key: str, family: str) -> str:
     Returns:
         str: e.g. ``model.layers.3.self_attn.o_proj.weight``; the input if it has no HF name.
     """
-    table = _QWEN3_TO_HF if family == "qwen3" else {v: k for k, v in tt_convert._FROM_HF.items()}
+    table = _QWEN3_TO_HF if family == "qwen3" else {v: k for k, v in LLAMA_FROM_HF.items()}
     try:
         return get_mapped_key(tune_key, table)
     except Exception:

@@ -8,6 +8,7 @@ builder assembles them around whichever attention module a family supplies.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from torch import nn
 from torchtune.modules import (
@@ -17,6 +18,35 @@ from torchtune.modules import (
     TransformerDecoder,
     TransformerSelfAttentionLayer,
 )
+
+
+def attention_layout(
+    embed_dim: int, num_heads: int, num_kv_heads: int, head_dim: int, max_seq_len: int
+) -> dict[str, Any]:
+    """The arguments every family's grouped-query attention takes: widths and projections.
+
+    Args:
+        embed_dim (int): model width.
+        num_heads (int): query heads.
+        num_kv_heads (int): key/value heads (grouped-query attention).
+        head_dim (int): per-head width.
+        max_seq_len (int): longest sequence.
+
+    Returns:
+        dict[str, Any]: keyword arguments of torchtune's ``MultiHeadAttention`` (and of
+        ``Qwen3Attention``): the four bias-free projections and the sizes.
+    """
+    return {
+        "embed_dim": embed_dim,
+        "num_heads": num_heads,
+        "num_kv_heads": num_kv_heads,
+        "head_dim": head_dim,
+        "q_proj": nn.Linear(embed_dim, num_heads * head_dim, bias=False),
+        "k_proj": nn.Linear(embed_dim, num_kv_heads * head_dim, bias=False),
+        "v_proj": nn.Linear(embed_dim, num_kv_heads * head_dim, bias=False),
+        "output_proj": nn.Linear(num_heads * head_dim, embed_dim, bias=False),
+        "max_seq_len": max_seq_len,
+    }
 
 
 def swiglu_decoder(

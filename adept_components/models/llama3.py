@@ -21,7 +21,7 @@ from torchtune.models.llama3_1 import Llama3ScaledRoPE, llama3_1_8b, llama3_1_70
 from torchtune.models.llama3_2 import llama3_2_1b, llama3_2_3b
 from torchtune.modules import MultiHeadAttention, RotaryPositionalEmbeddings, TransformerDecoder
 
-from adept_components.models.decoder import swiglu_decoder
+from adept_components.models.decoder import attention_layout, swiglu_decoder
 
 __all__ = [
     "Llama3RopeScaling",
@@ -123,27 +123,11 @@ def llama(
 
     def attention() -> MultiHeadAttention:
         return MultiHeadAttention(
-            embed_dim=embed_dim,
-            num_heads=num_heads,
-            num_kv_heads=num_kv_heads,
-            head_dim=head_dim,
-            q_proj=nn.Linear(embed_dim, num_heads * head_dim, bias=False),
-            k_proj=nn.Linear(embed_dim, num_kv_heads * head_dim, bias=False),
-            v_proj=nn.Linear(embed_dim, num_kv_heads * head_dim, bias=False),
-            output_proj=nn.Linear(num_heads * head_dim, embed_dim, bias=False),
+            **attention_layout(embed_dim, num_heads, num_kv_heads, head_dim, max_seq_len),
             pos_embeddings=rope,
-            max_seq_len=max_seq_len,
         )
 
     return swiglu_decoder(
-        attention,
-        vocab_size=vocab_size,
-        num_layers=num_layers,
-        num_heads=num_heads,
-        embed_dim=embed_dim,
-        intermediate_dim=intermediate_dim,
-        max_seq_len=max_seq_len,
-        head_dim=head_dim,
-        norm_eps=norm_eps,
-        tie_word_embeddings=tie_word_embeddings,
-    )
+        attention, vocab_size, num_layers, num_heads, embed_dim, intermediate_dim, max_seq_len,
+        head_dim, norm_eps, tie_word_embeddings,
+    )  # fmt: skip

@@ -12,12 +12,11 @@ Architecture numbers are those of the published Hugging Face ``config.json`` fil
 from __future__ import annotations
 
 import torch
-from torch import nn
-from torchtune.models.qwen2._positional_embeddings import Qwen2RotaryPositionalEmbeddings
+from torchtune.models.qwen2 import Qwen2RotaryPositionalEmbeddings
 from torchtune.modules import MultiHeadAttention, RMSNorm, TransformerDecoder
-from torchtune.modules.attention_utils import _MaskType
 
-from adept_components.models.decoder import swiglu_decoder
+from adept_components._torchtune import MaskType
+from adept_components.models.decoder import attention_layout, swiglu_decoder
 
 
 class Qwen3Attention(MultiHeadAttention):
@@ -33,7 +32,7 @@ class Qwen3Attention(MultiHeadAttention):
         x: torch.Tensor,
         y: torch.Tensor | None = None,
         *,
-        mask: _MaskType | None = None,
+        mask: MaskType | None = None,
         input_pos: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Self-attention over ``x`` (``y`` is accepted for API parity and must equal ``x``
@@ -42,7 +41,7 @@ class Qwen3Attention(MultiHeadAttention):
         Args:
             x (torch.Tensor): input, shape [b, s, d].
             y (torch.Tensor | None): key/value input, shape [b, s, d]; None reads the KV cache.
-            mask (_MaskType | None): boolean mask [b, s, s] or a flex-attention BlockMask.
+            mask (MaskType | None): boolean mask [b, s, s] or a flex-attention BlockMask.
             input_pos (torch.Tensor | None): position ids [b, s]; None means 0..s-1.
 
         Returns:
@@ -127,33 +126,17 @@ def qwen3(
 
     def attention() -> Qwen3Attention:
         return Qwen3Attention(
-            embed_dim=embed_dim,
-            num_heads=num_heads,
-            num_kv_heads=num_kv_heads,
-            head_dim=head_dim,
-            q_proj=nn.Linear(embed_dim, num_heads * head_dim, bias=False),
-            k_proj=nn.Linear(embed_dim, num_kv_heads * head_dim, bias=False),
-            v_proj=nn.Linear(embed_dim, num_kv_heads * head_dim, bias=False),
-            output_proj=nn.Linear(num_heads * head_dim, embed_dim, bias=False),
+            **attention_layout(embed_dim, num_heads, num_kv_heads, head_dim, max_seq_len),
             pos_embeddings=rope,
             q_norm=RMSNorm(dim=head_dim, eps=norm_eps),
             k_norm=RMSNorm(dim=head_dim, eps=norm_eps),
-            max_seq_len=max_seq_len,
             attn_dropout=attn_dropout,
         )
 
     return swiglu_decoder(
-        attention,
-        vocab_size=vocab_size,
-        num_layers=num_layers,
-        num_heads=num_heads,
-        embed_dim=embed_dim,
-        intermediate_dim=intermediate_dim,
-        max_seq_len=max_seq_len,
-        head_dim=head_dim,
-        norm_eps=norm_eps,
-        tie_word_embeddings=tie_word_embeddings,
-    )
+        attention, vocab_size, num_layers, num_heads, embed_dim, intermediate_dim, max_seq_len,
+        head_dim, norm_eps, tie_word_embeddings,
+    )  # fmt: skip
 
 
 # Published sizes. Columns: layers, heads, kv heads, embed dim, intermediate, tied embeddings.

@@ -21,8 +21,9 @@ from pathlib import Path
 from tokenizers import Tokenizer
 from torchtune.models.llama3 import Llama3Tokenizer
 from torchtune.models.llama3 import llama3_tokenizer as _tt_llama3_tokenizer
-from torchtune.models.qwen2_5._tokenizer import QWEN2_5_SPECIAL_TOKENS, Qwen2_5Tokenizer
 from torchtune.modules.transforms.tokenizers import parse_hf_tokenizer_json
+
+from adept_components._torchtune import QWEN2_5_SPECIAL_TOKENS, Qwen2_5Tokenizer
 
 # Tokens ``Qwen2_5Tokenizer.__init__`` looks up by name; without one it raises a bare KeyError.
 _QWEN_REQUIRED_TOKENS = (
@@ -47,6 +48,26 @@ _LLAMA3_REQUIRED_TOKENS = (
     "<|python_tag|>",
     "<|image|>",
 )
+
+
+def _checked_special_tokens(
+    path: str | Path,
+    label: str,
+    required: tuple[str, ...],
+    family: str,
+    download_hint: str,
+    note: str = "",
+) -> dict[str, int]:
+    """The special tokens of a ``tokenizer.json``, refusing one that lacks a required token."""
+    tokens_file = _require_file(Path(path), label, download_hint)
+    special_tokens = parse_hf_tokenizer_json(tokens_file)
+    missing = [t for t in required if t not in special_tokens]
+    if missing:
+        raise ValueError(
+            f"{tokens_file} lacks the special tokens torchtune's {family} tokenizer needs: "
+            f"{', '.join(missing)}.{note}"
+        )
+    return special_tokens
 
 
 def _require_file(path: Path, what: str, download_hint: str) -> str:
@@ -129,16 +150,11 @@ def qwen3_tokenizer(
     if special_tokens_path is None:
         special_tokens = dict(QWEN2_5_SPECIAL_TOKENS)
     else:
-        tokens_file = _require_file(Path(special_tokens_path), "Qwen3 tokenizer.json", hint)
         # torchtune keeps every ``added_tokens`` entry, ``"special": false`` ones (``<think>``,
         # ``<tool_call>``, ...) included, as an atomic token; Hugging Face encodes them so too.
-        special_tokens = parse_hf_tokenizer_json(tokens_file)
-        missing = [t for t in _QWEN_REQUIRED_TOKENS if t not in special_tokens]
-        if missing:
-            raise ValueError(
-                f"{tokens_file} lacks the special tokens torchtune's Qwen2.5 tokenizer needs: "
-                f"{', '.join(missing)}."
-            )
+        special_tokens = _checked_special_tokens(
+            special_tokens_path, "Qwen3 tokenizer.json", _QWEN_REQUIRED_TOKENS, "Qwen2.5", hint
+        )
     if eos_token not in special_tokens:
         raise ValueError(
             f"eos_token={eos_token!r} is not a special token of this tokenizer; available: "
@@ -197,15 +213,10 @@ def llama3_tokenizer(
     else:
         model_file = _require_file(root, "Llama 3 tokenizer.model", hint)
     if special_tokens_path is not None:
-        tokens_file = _require_file(Path(special_tokens_path), "Llama 3 tokenizer.json", hint)
-        special_tokens = parse_hf_tokenizer_json(tokens_file)
-        missing = [t for t in _LLAMA3_REQUIRED_TOKENS if t not in special_tokens]
-        if missing:
-            raise ValueError(
-                f"special_tokens_path {tokens_file} lacks the special tokens torchtune's Llama 3 "
-                f"tokenizer needs: {', '.join(missing)}. Leave special_tokens_path unset to use "
-                "torchtune's canonical Llama 3 ids."
-            )
+        _checked_special_tokens(
+            special_tokens_path, "Llama 3 tokenizer.json", _LLAMA3_REQUIRED_TOKENS, "Llama 3",
+            hint, " Leave special_tokens_path unset to use torchtune's canonical Llama 3 ids.",
+        )  # fmt: skip
     return _tt_llama3_tokenizer(
         path=model_file, special_tokens_path=special_tokens_path, max_seq_len=max_seq_len
     )

@@ -1,16 +1,18 @@
 """S2.1/S2.3 the optimizer builder: any optimizer class over one param group per unit.
 
-The YAML reaches it as a plain builder (the recipe passes the model and the copies)::
+The config names the optimizer class itself, with its keyword arguments, as torchtune's
+recipes do::
 
     optimizer:
-      _component_: adept_components.optim.unit_optimizer
-      optimizer_cls: torch.optim.AdamW   # or torchao.optim.AdamW8bit / AdamW4bit / AdamWFp8
+      _component_: torch.optim.AdamW   # or torchao.optim.AdamW8bit / AdamW4bit / AdamWFp8
       lr: 1e-4
       weight_decay: 0.0
 
-torchao's low-bit AdamW variants take the same groups: ``torch.optim.Optimizer`` keeps any
-extra group key (``name``, later ``unscaled_lr``), and torchao only turns each group's
-``lr`` into a tensor, which ``UnitScaledScheduler`` updates in place.
+The recipe resolves the class (``resolve_optimizer_class``) and calls ``unit_optimizer`` with
+the model and the trained layers, so every unit gets its own named group. torchao's low-bit
+AdamW variants take the same groups: ``torch.optim.Optimizer`` keeps any extra group key
+(``name``, later ``unscaled_lr``), and torchao only turns each group's ``lr`` into a tensor,
+which ``UnitScaledScheduler`` updates in place.
 """
 
 from __future__ import annotations
@@ -47,8 +49,8 @@ def resolve_optimizer_class(path: str | type) -> type[Optimizer]:
         cls = _import_dotted(path)
     if not (isinstance(cls, type) and issubclass(cls, Optimizer)):
         raise ValueError(
-            f"optimizer_cls={path!r} (config: optimizer.optimizer_cls) is {cls!r}, not a "
-            f"torch.optim.Optimizer subclass; use an optimizer class such as {_EXAMPLES}"
+            f"{path!r} is {cls!r}, not a torch.optim.Optimizer subclass; use an optimizer "
+            f"class such as {_EXAMPLES}"
         )
     return cls
 
@@ -56,10 +58,7 @@ def resolve_optimizer_class(path: str | type) -> type[Optimizer]:
 def _import_dotted(path: str) -> Any:
     parts = str(path).split(".")
     if len(parts) < 2 or not all(parts):
-        raise ValueError(
-            f"optimizer_cls={path!r} (config: optimizer.optimizer_cls) is not a dotted "
-            f"path to a class; use e.g. {_EXAMPLES}"
-        )
+        raise ValueError(f"{path!r} is not a dotted path to a class; use e.g. {_EXAMPLES}")
     # The longest importable module prefix, then attributes (allows nested classes).
     for split in range(len(parts) - 1, 0, -1):
         module_name = ".".join(parts[:split])
@@ -69,8 +68,7 @@ def _import_dotted(path: str) -> Any:
             if err.name is None or f"{module_name}.".startswith(f"{err.name}."):
                 continue  # no such module: try a shorter prefix
             raise ValueError(
-                f"optimizer_cls={path!r} (config: optimizer.optimizer_cls): importing "
-                f"{module_name} failed: {err}; install the missing package"
+                f"{path!r}: importing {module_name} failed: {err}; install the missing package"
             ) from err
         try:
             for attr in parts[split:]:
@@ -79,8 +77,8 @@ def _import_dotted(path: str) -> Any:
             break
         return obj
     raise ValueError(
-        f"optimizer_cls={path!r} (config: optimizer.optimizer_cls) cannot be imported: check "
-        f"the spelling and that its package is installed; use e.g. {_EXAMPLES}"
+        f"{path!r} cannot be imported: check the spelling and that its package is installed; "
+        f"use e.g. {_EXAMPLES}"
     )
 
 
@@ -122,7 +120,7 @@ def unit_optimizer(
         or not isinstance(lr, (int, float))
         or not (math.isfinite(lr) and lr > 0)
     ):
-        raise ValueError(f"lr={lr!r} (config: optimizer.lr) must be a positive number")
+        raise ValueError(f"lr={lr!r} must be a positive number")
     groups = unit_param_groups(model, trainable_layers)
     if isinstance(optimizer_kwargs.get("betas"), list):
         optimizer_kwargs["betas"] = tuple(optimizer_kwargs["betas"])

@@ -21,6 +21,8 @@ from typing import Any, Literal
 
 from torch import nn
 
+from adept_components.expansion import check_selected_layers
+
 UnitKind = Literal["norm", "matrix"]
 # Path segments that wrappers insert into parameter names; none is part of a unit's name.
 WRAPPER_SEGMENTS: tuple[str, ...] = (
@@ -126,23 +128,7 @@ def unit_param_groups(model: nn.Module, trainable_layers: Sequence[int]) -> list
             would silently not train).
     """
     layers = list(trainable_layers)
-    num_layers = len(model.layers) if hasattr(model, "layers") else None
-    bad = [
-        i
-        for i in layers
-        if not isinstance(i, int)
-        or isinstance(i, bool)
-        or i < 0
-        or (num_layers is not None and i >= num_layers)
-    ]
-    if bad:
-        valid = f"0..{num_layers - 1}" if num_layers else "none"
-        raise ValueError(
-            f"trainable_layers={layers} but the model has {num_layers} layers "
-            f"(valid: {valid}); bad: {bad}"
-        )
-    if len(set(layers)) != len(layers):
-        raise ValueError(f"trainable_layers={layers} repeats layers")
+    check_selected_layers(layers, len(model.layers), field="trainable_layers", expanding=False)
     wanted = set(layers)
     groups: list[dict[str, Any]] = []
     stray: list[str] = []

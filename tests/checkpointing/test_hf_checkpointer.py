@@ -6,10 +6,11 @@ import json
 from pathlib import Path
 
 import pytest
+import safetensors.torch
 import torch
 from conftest import TINY_QWEN3, save_hf_model
 
-from adept_components.checkpointing import HFCheckpointer, hf_checkpointer
+from adept_components.checkpointing import HFCheckpointer
 from adept_components.models import architecture_of, model_from_hf_config
 
 
@@ -48,7 +49,7 @@ def test_failed_save_leaves_previous_checkpoint_and_nothing_complete_looking(
     first = ckpt.save(model.state_dict(), architecture_of(model), "latest")
     before = {p.name: p.read_bytes() for p in first.iterdir()}
 
-    real_save = hf_checkpointer.save_file
+    real_save = safetensors.torch.save_file
     calls = {"n": 0}
 
     def failing_save(*args, **kwargs):
@@ -57,7 +58,8 @@ def test_failed_save_leaves_previous_checkpoint_and_nothing_complete_looking(
             raise OSError("disk full (simulated after the first shard)")
         return real_save(*args, **kwargs)
 
-    monkeypatch.setattr(hf_checkpointer, "save_file", failing_save)
+    # huggingface_hub's save_torch_state_dict looks save_file up here at every call.
+    monkeypatch.setattr(safetensors.torch, "save_file", failing_save)
     with torch.no_grad():
         for p in model.parameters():
             p.add_(1.0)

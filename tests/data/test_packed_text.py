@@ -63,7 +63,7 @@ def test_token_budget_stops_reading(tokenizer, tmp_path: Path) -> None:
         (
             {"source": "missing.txt"},
             FileNotFoundError,
-            "dataset source='missing.txt' does not exist",
+            "source='missing.txt' does not exist",
         ),
         ({"max_seq_len": 1}, ValueError, "max_seq_len=1"),
         ({"max_tokens": 4}, ValueError, "max_tokens=4"),

@@ -16,7 +16,7 @@ import torch
 from conftest import SAMPLE_TEXT, write_qwen_tokenizer
 
 from adept_components.data import packed_text_dataset
-from adept_components.data.token_cache import cached_token_stream, tokenizer_fingerprint
+from adept_components.data.token_cache import cached_token_stream, tokenizer_cache_key
 from adept_components.models.tokenizers import qwen3_tokenizer
 
 DEMO_MODEL = Path(__file__).resolve().parents[2] / "adept_components/assets/demo/base_model"
@@ -91,10 +91,8 @@ def test_what_changes_the_stream_changes_the_key(
     other_dir = tmp_path / "other_tokenizer"
     write_qwen_tokenizer(other_dir, [SAMPLE_TEXT] * 20)
     other = qwen3_tokenizer(str(other_dir))
-    assert tokenizer_fingerprint(other) != tokenizer_fingerprint(tokenizer)
-    assert tokenizer_fingerprint(qwen3_tokenizer(str(DEMO_MODEL))) == tokenizer_fingerprint(
-        tokenizer
-    )
+    assert tokenizer_cache_key(other) != tokenizer_cache_key(tokenizer)
+    assert tokenizer_cache_key(qwen3_tokenizer(str(DEMO_MODEL))) == tokenizer_cache_key(tokenizer)
     data = packed_text_dataset(other, corpus, max_seq_len=32, cache_dir=cache)
     assert len(_entries(cache)) == 4
     assert torch.equal(data.chunks, packed_text_dataset(other, corpus, max_seq_len=32).chunks)

@@ -24,7 +24,7 @@ from adept_components.checkpointing import HFCheckpointer
 from adept_components.config import load_config, resolve_config
 from adept_components.data import probe_batches, probe_dataset
 from adept_components.evaluation import retention_from_canary
-from adept_components.importance import probe_loss
+from adept_components.losses import heldout_loss
 from adept_components.models import model_from_hf_config
 from adept_components.models.tokenizers import qwen3_tokenizer
 
@@ -90,7 +90,7 @@ def test_losses_equal_probe_loss_transformers_and_the_canary(tmp_path: Path, run
     for role, directory in (("base", BASE), ("adapted", final)):
         model = model_from_hf_config(str(directory), max_seq_len=128)
         HFCheckpointer(str(directory), str(tmp_path)).load_into(model)
-        assert report["general"][f"{role}_loss"] == probe_loss(model, batches)
+        assert report["general"][f"{role}_loss"] == heldout_loss(model, batches)
 
     # Independent reference: transformers on the same tokens, summed over supervised labels.
     hf = transformers.AutoModelForCausalLM.from_pretrained(final, dtype=torch.float32).eval()
@@ -146,8 +146,8 @@ def _edited_config(run_dir: Path, tmp_path: Path, **changes: int) -> Path:
 @pytest.mark.parametrize(
     ("case", "message"),
     [
-        ("missing_general", "general: probe source="),
-        ("empty_domain", "domain: probe source"),
+        ("missing_general", "general: source="),
+        ("empty_domain", "domain: source"),
         ("edited_vocab", "adapted_checkpoint_dir: tokenizer mismatch: vocab.json differs"),
         ("other_vocab_size", "vocab_size=2048 in"),
         ("stale_config", "adapted_checkpoint_dir: the checkpoint does not fit the model"),
@@ -216,6 +216,6 @@ def test_tune_run_from_any_directory(tmp_path: Path, run_dir: Path) -> None:
         cwd=tmp_path,
     )
     assert bad.returncode == 1
-    assert "adept_eval: error: domain: probe source" in bad.stderr
+    assert "adept_eval: error: domain: source" in bad.stderr
     assert "Traceback" not in bad.stderr
     assert not (tmp_path / "bad").exists()

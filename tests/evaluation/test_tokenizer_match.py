@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from evaluation_fixtures import BASE
 
-from adept_components.evaluation import check_same_tokenizer, tokenizer_fingerprint
+from adept_components.evaluation import check_same_tokenizer, tokenizer_file_digests
 
 
 def copy_without_weights(dst: Path) -> Path:
@@ -25,8 +25,8 @@ def adapted(tmp_path: Path) -> Path:
 
 def test_a_copy_matches(adapted: Path) -> None:
     check_same_tokenizer(BASE, adapted)
-    assert set(tokenizer_fingerprint(BASE)) == {"tokenizer.json", "vocab.json", "merges.txt"}
-    assert tokenizer_fingerprint(BASE) == tokenizer_fingerprint(adapted)
+    assert set(tokenizer_file_digests(BASE)) == {"tokenizer.json", "vocab.json", "merges.txt"}
+    assert tokenizer_file_digests(BASE) == tokenizer_file_digests(adapted)
 
 
 def test_reserialised_tokenizer_json_still_matches(adapted: Path) -> None:

@@ -301,7 +301,7 @@ def test_select_layers_breaks_ties_by_index_and_validates() -> None:
 
 def test_check_selected_layers() -> None:
     assert check_selected_layers([5, 1, 3], 6) == [1, 3, 5]
-    with pytest.raises(ValueError, match=r"expand_layers=\[6\] but the base model has 6 layers"):
+    with pytest.raises(ValueError, match=r"layers=\[6\] but the base model has 6 layers"):
         check_selected_layers([6], 6)
     with pytest.raises(ValueError, match=r"repeats layers \[2\]"):
         check_selected_layers([2, 2], 6)

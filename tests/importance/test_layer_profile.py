@@ -113,7 +113,7 @@ def test_inconsistent_profiles_are_refused(profiled, tmp_path: Path) -> None:
         dataclasses.replace(profile, layer_scores={"mask-out": [0.0] * 5})
     with pytest.raises(ValueError, match="method='fisher'"):
         dataclasses.replace(profile, method="fisher")
-    with pytest.raises(ValueError, match=r"expand_layers=\[1, 9\]"):
+    with pytest.raises(ValueError, match=r"selected_layers=\[1, 9\]"):
         dataclasses.replace(profile, selected_layers=[1, 9])
     with pytest.raises(FileNotFoundError, match="no layer profile"):
         read_profile(tmp_path)

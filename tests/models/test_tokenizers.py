@@ -394,9 +394,9 @@ def test_vocabulary_size_of_every_builder(qwen, llama, smol_style):
 
 
 def test_token_cache_key_follows_the_separator(smol_style):
-    from adept_components.data.token_cache import tokenizer_fingerprint
+    from adept_components.data.token_cache import tokenizer_cache_key
 
     _, model_dir = smol_style
-    a = tokenizer_fingerprint(hf_tokenizer(str(model_dir)))
-    assert a == tokenizer_fingerprint(hf_tokenizer(str(model_dir)))
-    assert a != tokenizer_fingerprint(hf_tokenizer(str(model_dir), eos_token="<|im_end|>"))
+    a = tokenizer_cache_key(hf_tokenizer(str(model_dir)))
+    assert a == tokenizer_cache_key(hf_tokenizer(str(model_dir)))
+    assert a != tokenizer_cache_key(hf_tokenizer(str(model_dir), eos_token="<|im_end|>"))

@@ -45,7 +45,7 @@ def test_adamw_groups_named_per_unit(qwen3_dir: Path) -> None:
 @pytest.mark.parametrize(
     ("path", "message"),
     [
-        ("torch.optim.AdamX", r"optimizer_cls='torch.optim.AdamX' \(config: optimizer.optimizer_cls\) cannot be imported"),
+        ("torch.optim.AdamX", r"'torch.optim.AdamX' cannot be imported"),
         ("no_such_package.Optim", "cannot be imported: check the spelling"),
         ("AdamW", "not a dotted path"),
         ("torch.nn.Linear", "not a torch.optim.Optimizer subclass"),
@@ -59,27 +59,9 @@ def test_bad_optimizer_class(qwen3_dir: Path, path: str, message: str) -> None:
         unit_optimizer(model, COPIES, path)
 
 
-def test_builds_from_a_yaml_component(qwen3_dir: Path) -> None:
-    from omegaconf import OmegaConf
-    from torchtune import config
-
-    cfg = OmegaConf.create(
-        """
-        _component_: adept_components.optim.unit_optimizer
-        optimizer_cls: torch.optim.AdamW
-        lr: 3.0e-5
-        betas: [0.9, 0.95]
-        weight_decay: 0.0
-        """
-    )
-    optimizer = config.instantiate(cfg, tiny_qwen3(qwen3_dir), list(COPIES))
-    assert len(optimizer.param_groups) == 22
-    assert {(g["lr"], g["betas"]) for g in optimizer.param_groups} == {(3e-5, (0.9, 0.95))}
-
-
 def test_bad_arguments(qwen3_dir: Path) -> None:
     model = tiny_qwen3(qwen3_dir)
-    with pytest.raises(ValueError, match=r"lr=0 \(config: optimizer.lr\)"):
+    with pytest.raises(ValueError, match=r"lr=0 must be a positive number"):
         unit_optimizer(model, COPIES, lr=0)
     with pytest.raises(ValueError, match=r"does not accept the optimizer arguments \['momentum'\]"):
         unit_optimizer(model, COPIES, "torch.optim.AdamW", momentum=0.9)

@@ -29,6 +29,14 @@ FAST = [
 ]
 
 
+@pytest.fixture(scope="module")
+def profile(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny demo's layer profile, probed once: tests not about the probe reuse it."""
+    out = tmp_path_factory.mktemp("probed")
+    run(out, "stage1_only=true")
+    return out / "profile" / "layer_importance.json"
+
+
 def run(out: Path, *overrides: str) -> None:
     """Run the recipe in this process on the tiny demo config."""
     assert adept_cpt.main(["--config", "tiny_demo", f"output_dir={out}", *overrides]) == 0
@@ -101,42 +109,132 @@ def test_tiny_demo_end_to_end(tmp_path: Path) -> None:
         )
 
 
-@pytest.mark.parametrize(
-    "method", ["adept", "full", "llama_pro", "no_stage1", "no_stage2", "random"]
-)
-def test_every_method_runs(tmp_path: Path, method: str) -> None:
-    out = tmp_path / method
-    run(out, f"method={method}", *FAST)
-    assert len(losses(out)) == 6
-    assert len(losses(out, "lr")) == 6
-    assert all(rate > 0 for rate in losses(out, "tokens_per_second").values())
+# Per-step training loss (steps 1-6) and canary losses (steps 3 and 6) of the tiny demo with
+# FAST, fp32 on CPU, one process. Produced by running each method with the config and
+# overrides below and reading the DiskLogger file; any change of numerics (data order, label
+# shift, loss reduction, unit scales, schedule, initialisation of the copies) moves them.
+PINNED = {
+    "adept": {
+        "loss": [7.437842, 8.199991, 7.788975, 8.115124, 6.969067, 7.153718],
+        "general": [4.594581, 4.724391],
+        "domain": [7.553320, 7.156526],
+    },
+    "full": {
+        "loss": [7.437842, 8.199991, 7.392843, 7.465093, 6.542895, 6.436726],
+        "general": [4.677221, 5.354803],
+        "domain": [7.111031, 6.327302],
+    },
+    "llama_pro": {
+        "loss": [7.437842, 8.199991, 7.767647, 8.103479, 6.956788, 7.244838],
+        "general": [4.595302, 4.704783],
+        "domain": [7.541648, 7.059383],
+    },
+    "no_stage1": {
+        "loss": [7.437842, 8.199991, 7.752943, 7.986930, 6.910853, 7.019331],
+        "general": [4.598157, 4.758017],
+        "domain": [7.461139, 6.922946],
+    },
+    "no_stage2": {
+        "loss": [7.437842, 8.199991, 7.788975, 8.171576, 7.051660, 7.487115],
+        "general": [4.594549, 4.605803],
+        "domain": [7.597113, 7.250358],
+    },
+    "random": {
+        "loss": [7.437842, 8.199991, 7.765411, 7.978878, 6.775921, 7.332827],
+        "general": [4.599258, 5.162172],
+        "domain": [7.441659, 7.347346],
+    },
+}
+# What each method does, stated independently of the method table: expands (copies inserted),
+# what trains ("copies", "selected" original layers, or "all"), per-unit learning-rate scales.
+BEHAVIOUR = {
+    "adept": (True, "copies", True),
+    "full": (False, "all", False),
+    "llama_pro": (True, "copies", False),
+    "no_stage1": (False, "selected", True),
+    "no_stage2": (True, "copies", False),
+    "random": (True, "copies", True),
+}
+
+
+def changed_layers(base: dict[str, torch.Tensor], final: dict[str, torch.Tensor]) -> set[int]:
+    """Indices of ``final``'s decoder layers whose weights differ from ``base``'s at that index."""
+    return {
+        int(re.match(r"model\.layers\.(\d+)", k)[1])
+        for k in final
+        if k.startswith("model.layers.") and (k not in base or not torch.equal(base[k], final[k]))
+    }
+
+
+def assert_method_behaviour(out: Path, expands: bool, trains: str, decoupled: bool) -> None:
+    """The run in ``out`` expanded, trained and scaled as stated."""
     config = json.loads((out / "final" / "config.json").read_text())
-    expands = method in ("adept", "llama_pro", "no_stage2", "random")
     assert config["num_hidden_layers"] == (10 if expands else 8)
     assert (out / "final" / "adept_expansion.json").is_file() == expands
+    base, final = hf_tensors(BASE), hf_tensors(out / "final")
+    embedding_same = torch.equal(
+        base["model.embed_tokens.weight"], final["model.embed_tokens.weight"]
+    )
+    assert embedding_same == (trains != "all")
+    if expands:
+        meta = ExpansionMetadata.from_json(
+            json.loads((out / "final" / "adept_expansion.json").read_text())
+        )
+        assert_originals_unchanged(final, meta)
+        moved = {f"model.layers.{meta.original_positions[int(m[1])]}.{m[2]}": v
+                 for k, v in base.items() if (m := re.match(r"model\.layers\.(\d+)\.(.+)", k))}  # fmt: skip
+        assert changed_layers(moved, final) == set(meta.copy_positions)
+    elif trains == "selected":  # the k least important ORIGINAL layers train, nothing else
+        profile = json.loads((out / "profile" / "layer_importance.json").read_text())
+        assert changed_layers(base, final) == set(profile["selected_layers"])
+    scales = [line for log in (out / "logs").glob("log_*.txt")
+              for line in log.read_text().splitlines() if "scale/" in line]  # fmt: skip
+    assert bool(scales) == decoupled
+    if decoupled:  # refreshed at steps 2 and 4, each unit between 0 and 2, not all equal
+        values = [float(v) for v in re.findall(r"scale/\S+:(\S+)", scales[-1])]
+        assert len(scales) == 2 and min(values) == 0.0 and max(values) == 2.0
+
+
+@pytest.mark.parametrize("method", sorted(PINNED))
+def test_every_method_runs(tmp_path: Path, method: str, profile: Path) -> None:
+    out = tmp_path / method
+    run(out, f"method={method}", *FAST, f"expansion.profile={profile}")
+    pinned = PINNED[method]
+    assert list(losses(out).values()) == pytest.approx(pinned["loss"], abs=1e-5)
+    assert list(losses(out, "canary/general_loss").values()) == pytest.approx(
+        pinned["general"], abs=1e-5
+    )
+    assert list(losses(out, "canary/domain_loss").values()) == pytest.approx(
+        pinned["domain"], abs=1e-5
+    )
+    assert len(losses(out, "lr")) == 6
+    assert all(rate > 0 for rate in losses(out, "tokens_per_second").values())
+    assert_method_behaviour(out, *BEHAVIOUR[method])
     if method == "llama_pro":
         meta = json.loads((out / "final" / "adept_expansion.json").read_text())
         assert meta["source_layers"] == [3, 7]
-    base, final = hf_tensors(BASE), hf_tensors(out / "final")
-    if method == "full":
-        assert not torch.equal(
-            base["model.embed_tokens.weight"], final["model.embed_tokens.weight"]
-        )
-    else:
-        assert torch.equal(base["model.embed_tokens.weight"], final["model.embed_tokens.weight"])
-    if method == "no_stage1":  # the k least important ORIGINAL layers train, nothing else
-        changed = {
-            int(re.match(r"model\.layers\.(\d+)", k)[1])
-            for k in base
-            if k.startswith("model.layers.") and not torch.equal(base[k], final[k])
-        }
-        profile = json.loads((out / "profile" / "layer_importance.json").read_text())
-        assert changed == set(profile["selected_layers"])
 
 
-def test_resume_gives_the_uninterrupted_run(tmp_path: Path) -> None:
+def test_a_method_added_to_the_table_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The method table is the only place a method is defined: one new row is a new method."""
+    from adept_components.methods import METHODS, Method
+
+    row = Method("uniform_decoupled", "uniform", expand=True, decoupled=True)
+    monkeypatch.setitem(METHODS, row.name, row)
+    out = tmp_path / row.name
+    run(out, f"method={row.name}", *FAST)
+    meta = json.loads((out / "final" / "adept_expansion.json").read_text())
+    assert meta["source_layers"] == [3, 7]  # llama_pro's layers ...
+    assert_method_behaviour(out, expands=True, trains="copies", decoupled=True)
+    steps = list(losses(out).values())  # ... and its losses until the first scales act (step 3)
+    assert steps[:3] == pytest.approx(PINNED["llama_pro"]["loss"][:3], abs=1e-5)
+    assert steps[3] != pytest.approx(PINNED["llama_pro"]["loss"][3], abs=1e-5)
+
+
+def test_resume_gives_the_uninterrupted_run(tmp_path: Path, profile: Path) -> None:
     """20 steps straight == 10 steps, stop, resume, 10 steps: same losses and weights."""
     common = [
+        f"expansion.profile={profile}",
         "max_steps=20",
         "save_every_n_steps=0",
         "unit_tuning.refresh_every=4",
@@ -389,3 +487,14 @@ def test_resume_with_a_checkpoint_of_another_model(
         )
     assert "is of another model" in capsys.readouterr().err
     assert sorted(p.name for p in out.rglob("*")) == before
+
+
+def test_a_null_seed_runs_with_a_logged_random_seed(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    out = tmp_path / "null_seed"
+    with caplog.at_level("INFO", logger=adept_cpt.log.name):
+        run(out, "seed=null", "method=llama_pro", "max_steps=2", "canary.every_n_steps=0")
+    found = re.search(r"seed=null: random seed (\d+) \(set seed=(\d+) to repeat\)", caplog.text)
+    assert found and found[1] == found[2], caplog.text
+    assert len(losses(out)) == 2

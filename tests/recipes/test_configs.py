@@ -7,7 +7,7 @@ import torch
 from omegaconf import OmegaConf
 from torchtune import config as tt_config
 
-from adept_components.config import available_configs, load_config, resolve_config
+from adept_components.config import RunPlan, available_configs, load_config, resolve_config
 from adept_components.expansion import (
     ExpansionMetadata,
     expand_model,
@@ -54,15 +54,13 @@ SMOLLM2_CONFIG = {
 def test_config_validates_and_builds_on_meta(name: str, tmp_path) -> None:
     import json
 
-    import adept_cpt
-
     cfg = load_config(["--config", name])
     if name.startswith("smollm2_"):  # model_from_hf_config reads the prepared directory
         (tmp_path / "config.json").write_text(json.dumps(SMOLLM2_CONFIG))
         cfg.checkpointer.checkpoint_dir = str(tmp_path)
     OmegaConf.resolve(cfg)
     cfg.device = "cpu"  # the paper configs say cuda; this machine may have none
-    adept_cpt._validate(cfg)
+    RunPlan.from_config(cfg)
     text = resolve_config(name).read_text()
     assert text.startswith("# ") and f"tune run adept_cpt --config {name}" in text
     if name == "tiny_demo":

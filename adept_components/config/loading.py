@@ -18,7 +18,8 @@ from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf.errors import ConfigAttributeError, ConfigIndexError, ConfigKeyError
 
 CONFIG_PACKAGE = "adept_components.recipe_configs"
 ASSET_PACKAGE = "adept_components.assets"
@@ -94,7 +95,8 @@ def resolve_config(name_or_path: str) -> Path:
 def apply_overrides(cfg: DictConfig, overrides: list[str]) -> DictConfig:
     """Apply ``key=value`` overrides, refusing keys the config does not have.
 
-    ``+key=value`` adds a key that is not in the YAML; ``~key`` deletes one.
+    ``+key=value`` adds a key that is not in the YAML; ``~key`` deletes one. Unknown keys are
+    caught by OmegaConf's struct mode, on only while the overrides are applied.
 
     Args:
         cfg (DictConfig): the loaded YAML.
@@ -106,29 +108,40 @@ def apply_overrides(cfg: DictConfig, overrides: list[str]) -> DictConfig:
     Raises:
         ConfigError: a malformed item or an unknown key (with close matches).
     """
-    for item in overrides:
-        if item.startswith("~"):
-            key = item[1:]
-            _require_key(cfg, key, item)
-            parent, _, leaf = key.rpartition(".")
-            node = OmegaConf.select(cfg, parent) if parent else cfg
-            del node[leaf]
-            continue
-        key, sep, value = item.partition("=")
-        if not sep or not key or "=" in value:
-            raise ConfigError(
-                f"malformed override {item!r}: write key=value with exactly one '=' "
-                "(e.g. batch_size=4), +key=value to add a key, ~key to remove one"
-            )
-        adding = key.startswith("+")
-        key = key.lstrip("+")
-        if not adding:
-            _require_key(cfg, key, item)
-        # Parse the value as YAML (numbers, lists, null, interpolations), then set it by path:
-        # unlike a merge of a dotlist, a path may index into a list (probe.parts.0.num_samples).
-        parsed = OmegaConf.from_dotlist([f"value={value}"])._get_node("value")
-        OmegaConf.update(cfg, key, parsed, merge=True, force_add=adding)
+    OmegaConf.set_struct(cfg, True)
+    try:
+        for item in overrides:
+            _apply_override(cfg, item)
+    finally:
+        OmegaConf.set_struct(cfg, False)
     return cfg
+
+
+def _apply_override(cfg: DictConfig, item: str) -> None:
+    if item.startswith("~"):
+        key = item[1:]
+        if OmegaConf.select(cfg, key, default=_MISSING, throw_on_missing=False) is _MISSING:
+            raise _unknown_key(cfg, key, item)
+        parent, _, leaf = key.rpartition(".")
+        with open_dict(cfg):
+            del (OmegaConf.select(cfg, parent) if parent else cfg)[leaf]
+        return
+    key, sep, value = item.partition("=")
+    if not sep or not key or "=" in value:
+        raise ConfigError(
+            f"malformed override {item!r}: write key=value with exactly one '=' "
+            "(e.g. batch_size=4), +key=value to add a key, ~key to remove one"
+        )
+    adding = key.startswith("+")
+    key = key.lstrip("+")
+    # Parse the value as YAML (numbers, lists, null, interpolations), then set it by path:
+    # unlike a merge of a dotlist, a path may index into a list (probe.parts.0.num_samples).
+    parsed = OmegaConf.from_dotlist([f"value={value}"])._get_node("value")
+    try:
+        with open_dict(cfg) if adding else contextlib.nullcontext():
+            OmegaConf.update(cfg, key, parsed, merge=True, force_add=adding)
+    except (ConfigAttributeError, ConfigIndexError, ConfigKeyError):
+        raise _unknown_key(cfg, key, item) from None
 
 
 def load_config(argv: list[str], recipe: str = "adept_cpt") -> DictConfig:
@@ -235,13 +248,10 @@ def user_errors(program: str, *errors: type[BaseException]) -> Iterator[None]:
         raise SystemExit(1) from None
 
 
-def _require_key(cfg: DictConfig, key: str, item: str) -> None:
-    if OmegaConf.select(cfg, key, default=_MISSING, throw_on_missing=False) is not _MISSING:
-        return
-    known = _all_keys(cfg)
-    close = difflib.get_close_matches(key, known, n=3)
+def _unknown_key(cfg: DictConfig, key: str, item: str) -> ConfigError:
+    close = difflib.get_close_matches(key, _all_keys(cfg), n=3)
     hint = f" Did you mean {' or '.join(close)}?" if close else ""
-    raise ConfigError(
+    return ConfigError(
         f"override {item!r}: the config has no key {key!r}.{hint} "
         f"Use +{key}=... to add a new key on purpose."
     )

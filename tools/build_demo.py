@@ -1,4 +1,4 @@
-"""Build the tiny demo base model shipped in ``assets/demo/base_model``.
+"""Build the tiny demo base model shipped in ``adept_components/assets/demo/base_model``.
 
 A real continual-pretraining run starts from a model that already knows general text. The demo
 needs the same shape at toy scale: a byte-level BPE tokenizer in Qwen3's on-disk format and a
@@ -6,7 +6,12 @@ small Qwen3 decoder pretrained on general English prose (``general.txt``) only, 
 mathematics corpus (``domain.txt``) is new to it. Run once by maintainers; the result is
 committed. Needs the ``tokenizers`` package (installed with the ``test`` extra).
 
-    python -m adept_components.assets.build_demo
+A maintainer's script, not part of the installed package; from the repository root::
+
+    python tools/build_demo.py
+
+Tests (``train_qwen_tokenizer``) and benchmarks (``pretrain``, ``DEMO_ARCHITECTURE``) import it
+with ``tools/`` on ``sys.path``.
 """
 
 from __future__ import annotations
@@ -14,16 +19,17 @@ from __future__ import annotations
 import argparse
 import math
 import shutil
+import sys
 import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from adept_components.checkpointing.hf_checkpointer import atomic_directory
 from adept_components.models.architecture import ModelArchitecture
 
-DEMO_DIR = Path(__file__).parent / "demo"
+REPO = Path(__file__).resolve().parents[1]
+DEMO_DIR = REPO / "adept_components" / "assets" / "demo"
 QWEN_SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<tool_call>", "</tool_call>"]
 DEMO_ARCHITECTURE = ModelArchitecture(
     family="qwen3",
@@ -56,7 +62,8 @@ def train_qwen_tokenizer(texts: list[str], vocab_size: int, out_dir: Path) -> in
         int: number of ids including the special tokens.
     """
     from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
-    from torchtune.models.qwen2._tokenizer import PRETOKENIZE_REGEX
+
+    from adept_components._torchtune import PRETOKENIZE_REGEX
 
     tok = Tokenizer(models.BPE())
     tok.normalizer = normalizers.NFC()
@@ -130,8 +137,10 @@ def pretrain(
 
 def build(out_dir: Path, steps: int) -> None:
     """Train the tokenizer, pretrain the model on general text and save an HF directory."""
-    from adept_components.checkpointing.hf_checkpointer import write_safetensors_shards
     from adept_components.models.tokenizers import qwen3_tokenizer
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from common import write_hf_model  # the one HF writer the benchmarks' base models use too
 
     general = (DEMO_DIR / "general.txt").read_text()
     domain = (DEMO_DIR / "domain.txt").read_text()
@@ -158,22 +167,13 @@ def build(out_dir: Path, steps: int) -> None:
         f"{tokens.numel():,} tokens: loss {losses[0]:.3f} -> {sum(losses[-20:]) / 20:.3f} "
         f"in {time.perf_counter() - start:.0f}s"
     )
-
-    def write(tmp: Path) -> None:
-        for item in tok_dir.iterdir():
-            shutil.copy2(item, tmp / item.name)
-        config = DEMO_ARCHITECTURE.to_hf_config(
-            {"bos_token_id": None, "eos_token_id": tokenizer.eos_id, "torch_dtype": "float32"}
-        )
-        (tmp / "config.json").write_text(__import__("json").dumps(config, indent=2, sort_keys=True))
-        from adept_components.models.convert_weights import tune_to_hf
-
-        state = tune_to_hf(
-            {k: v.detach() for k, v in model.state_dict().items()}, DEMO_ARCHITECTURE
-        )
-        write_safetensors_shards(state, tmp, max_shard_size=2**40)
-
-    atomic_directory(out_dir, write)
+    write_hf_model(
+        out_dir,
+        model,
+        DEMO_ARCHITECTURE,
+        {"bos_token_id": None, "eos_token_id": tokenizer.eos_id, "torch_dtype": "float32"},
+        files=sorted(tok_dir.iterdir()),
+    )
     shutil.rmtree(tok_dir)
     print(f"wrote {out_dir}")
 

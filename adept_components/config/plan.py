@@ -1,0 +1,455 @@
+"""The run plan of ``adept_cpt``: the config read once, checked, typed and frozen.
+
+The recipe reads this plan and never the config. Every default of the recipe lives here,
+every field is checked here with its config name in the message, and the method table
+(``adept_components.methods``) decides what each method does. The component sections
+(``model``, ``dataset``, ``lr_scheduler``, ...) stay ``DictConfig`` nodes, because torchtune's
+``config.instantiate`` builds them; the plan only reads the fields the recipe itself needs
+from them (sequence lengths, the optimizer's class and arguments).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import inspect
+import math
+import random
+from pathlib import Path
+from typing import Any, Literal
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from torch.optim import Optimizer
+
+from adept_components.config.loading import ConfigError, check_positive_int, check_run_fields
+from adept_components.importance import IMPORTANCE_METHODS, check_selected_layers
+from adept_components.methods import METHODS, Method
+from adept_components.optim import RefreshPolicy, resolve_optimizer_class
+from adept_components.optim.unit_lr import DIRECTIONS
+
+# Keys every adept_cpt config has; component sections need a ``_component_``.
+REQUIRED_KEYS = ("output_dir", "seed", "device", "dtype", "model", "tokenizer", "checkpointer",
+                 "metric_logger", "method", "expansion", "dataset", "optimizer", "lr_scheduler",
+                 "batch_size", "max_steps")  # fmt: skip
+COMPONENT_KEYS = ("model", "tokenizer", "checkpointer", "metric_logger", "dataset", "optimizer",
+                  "lr_scheduler")  # fmt: skip
+# How stage 1 picks the layers: an explicit list, a saved profile, or the method's own way.
+LayerSelection = Literal["layers", "profile", "probe", "uniform", "random"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage1Plan:
+    """Stage 1: which layers, and the probe set that measures them (spec S1).
+
+    Attributes:
+        selection (str | None): ``"layers"`` (``expansion.layers``), ``"profile"``
+            (``expansion.profile``), or the method's ``select``; None for ``full``.
+        k (int): layers to select (``expansion.num_layers``, or the explicit list's length).
+        layers (tuple[int, ...] | None): ``expansion.layers``.
+        importance (str): ``expansion.importance``: the probe method that ranks layers.
+        profile (Path | None): ``expansion.profile``: a saved ``layer_importance.json``.
+        probe (DictConfig | None): the ``probe`` dataset section, when the method reads it.
+        probe_batch_size (int): ``probe_batch_size``.
+        only (bool): ``stage1_only``: save the expanded model and stop.
+    """
+
+    selection: LayerSelection | None
+    k: int = 0
+    layers: tuple[int, ...] | None = None
+    importance: str = "mask-out"
+    profile: Path | None = None
+    probe: DictConfig | None = None
+    probe_batch_size: int = 8
+    only: bool = False
+
+    @classmethod
+    def from_config(cls, cfg: DictConfig, method: Method) -> Stage1Plan:
+        expansion = cfg.expansion
+        _check_keys(expansion, "expansion", ("num_layers", "layers", "importance", "profile"))
+        layers = expansion.get("layers")
+        if layers is not None and not isinstance(layers, (list, ListConfig)):
+            raise ConfigError(f"expansion.layers={layers!r} must be a list of layer indices")
+        layers = tuple(layers) if layers else None
+        importance = expansion.get("importance") or "mask-out"
+        if importance not in IMPORTANCE_METHODS:
+            raise ConfigError(
+                f"expansion.importance={importance!r}; use one of {', '.join(IMPORTANCE_METHODS)}"
+            )
+        profile = expansion.get("profile")
+        selection: LayerSelection | None = method.select
+        if method.select is not None and layers:
+            selection = "layers"
+        elif method.select == "probe" and profile:
+            selection = "profile"
+        k = len(layers) if layers else expansion.get("num_layers")
+        if selection not in (None, "layers") and (
+            not isinstance(k, int) or isinstance(k, bool) or k < 1
+        ):
+            raise ConfigError(
+                f"expansion.num_layers={k!r} must be a positive integer (k, layers to expand)"
+            )
+        if method.needs_probe_data and "probe" not in cfg:
+            raise ConfigError(
+                f"method={method.name} needs a `probe` section (general-domain probe data)"
+            )
+        check_positive_int(cfg, "probe_batch_size", required=False)
+        return cls(
+            selection=selection,
+            k=k if selection is not None else 0,
+            layers=layers,
+            importance=importance,
+            profile=Path(str(profile)).expanduser() if profile else None,
+            probe=cfg.probe if method.needs_probe_data else None,
+            probe_batch_size=cfg.get("probe_batch_size") or 8,
+            only=_bool(cfg, "stage1_only", False),
+        )
+
+    def check_depth(self, num_layers: int) -> None:
+        """Check k or the explicit list against the base model's depth.
+
+        Raises:
+            ConfigError: k out of ``1..num_layers-1`` or a layer index out of range.
+        """
+        if self.selection is None:
+            return
+        if self.layers:
+            try:
+                check_selected_layers(self.layers, num_layers, field="expansion.layers")
+            except ValueError as e:
+                raise ConfigError(str(e)) from None
+        elif not 1 <= self.k < num_layers:
+            raise ConfigError(
+                f"expansion.num_layers={self.k}: k={self.k} but the base model has {num_layers} "
+                f"layers (valid k: 1..{num_layers - 1})"
+            )
+
+
+@dataclasses.dataclass(frozen=True)
+class UnitTuningPlan:
+    """Stage 2's per-unit learning rates (spec S2.2-S2.4): ``unit_tuning``.
+
+    Attributes:
+        refresh_every (int): re-score unit importance every this many optimizer steps.
+        refresh_at_start (bool): also score once before the first step.
+        min_scale (float): floor of every multiplier, in ``[0, 2]``.
+        separate_norm_range (bool): normalise norm and matrix units separately.
+        direction (str): ``general`` (the paper) or ``domain``.
+    """
+
+    refresh_every: int = 500
+    refresh_at_start: bool = False
+    min_scale: float = 0.0
+    separate_norm_range: bool = False
+    direction: str = "general"
+
+    @classmethod
+    def from_config(cls, cfg: DictConfig) -> UnitTuningPlan:
+        section = cfg.get("unit_tuning") or OmegaConf.create({})
+        names = [f.name for f in dataclasses.fields(cls)]
+        _check_keys(section, "unit_tuning", names)
+        plan = cls(**{k: section[k] for k in names if section.get(k) is not None})
+        if isinstance(plan.refresh_every, bool) or not isinstance(plan.refresh_every, int):
+            raise ConfigError(
+                f"unit_tuning.refresh_every={plan.refresh_every!r} must be a positive integer"
+            )
+        if plan.refresh_every <= 0:
+            raise ConfigError(
+                f"unit_tuning.refresh_every={plan.refresh_every} must be a positive integer "
+                "(optimizer steps between unit-importance refreshes)"
+            )
+        for key in ("refresh_at_start", "separate_norm_range"):
+            if not isinstance(getattr(plan, key), bool):
+                raise ConfigError(f"unit_tuning.{key}={getattr(plan, key)!r} must be true or false")
+        scale = plan.min_scale
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 0 <= scale <= 2:
+            raise ConfigError(f"unit_tuning.min_scale={scale!r} must be a number in [0, 2]")
+        if plan.direction not in DIRECTIONS:
+            raise ConfigError(
+                f"unit_tuning.direction={plan.direction!r}; use one of {', '.join(DIRECTIONS)}"
+            )
+        return dataclasses.replace(plan, min_scale=float(scale))
+
+    @property
+    def policy(self) -> RefreshPolicy:
+        """When to re-score."""
+        return RefreshPolicy(self.refresh_every, self.refresh_at_start)
+
+    @property
+    def scale_options(self) -> dict[str, Any]:
+        """Keyword arguments of ``lr_scales``."""
+        return {
+            "min_scale": self.min_scale,
+            "separate_norm_range": self.separate_norm_range,
+            "direction": self.direction,
+        }
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerPlan:
+    """``optimizer``: ``_component_`` is the optimizer class, the other keys its arguments.
+
+    The recipe builds the param groups (one per unit, or one for ``full``) and calls
+    ``cls(groups, lr=lr, **kwargs)``.
+
+    Attributes:
+        cls (type[Optimizer]): the class (``torch.optim.AdamW``, ``torchao.optim.AdamW8bit``, ...).
+        lr (float): the base learning rate, ``optimizer.lr``.
+        kwargs (dict[str, Any]): every other key (a list ``betas`` becomes a tuple).
+    """
+
+    cls: type[Optimizer]
+    lr: float
+    kwargs: dict[str, Any]
+
+    @classmethod
+    def from_config(cls, section: DictConfig) -> OptimizerPlan:
+        try:
+            optimizer_cls = resolve_optimizer_class(section._component_)
+        except ValueError as e:
+            raise ConfigError(f"optimizer._component_: {e}") from None
+        kwargs = {
+            k: v for k, v in OmegaConf.to_container(section).items() if k not in ("_component_",)
+        }
+        lr = kwargs.pop("lr", None)
+        if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr):
+            raise ConfigError(f"optimizer.lr={lr!r} must be a positive number")
+        if lr <= 0:
+            raise ConfigError(f"optimizer.lr={lr!r} must be a positive number")
+        if isinstance(kwargs.get("betas"), list):
+            kwargs["betas"] = tuple(kwargs["betas"])
+        try:  # refuse unknown arguments now, not after the probe
+            inspect.signature(optimizer_cls).bind([], lr=lr, **kwargs)
+        except TypeError as e:
+            raise ConfigError(
+                f"optimizer: {optimizer_cls.__module__}.{optimizer_cls.__qualname__} does not "
+                f"accept the arguments {sorted(kwargs)}: {e}"
+            ) from None
+        return cls(optimizer_cls, float(lr), kwargs)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainPlan:
+    """Stage 2's loop: budget, batching, clipping, logging and saving.
+
+    Attributes:
+        batch_size (int): sequences per micro-batch per rank.
+        grad_accum (int): ``gradient_accumulation_steps``.
+        max_steps (int): optimizer steps of the whole run (the schedule's length).
+        stop_after_steps (int | None): stop this many steps after the start (or resume) and
+            leave a checkpoint to resume from.
+        clip_grad_norm (float | None): global gradient-norm clip of the trained weights.
+        log_every (int): ``log_every_n_steps``.
+        save_every (int): ``save_every_n_steps`` (0: only the final checkpoint).
+        activation_checkpointing (bool): ``enable_activation_checkpointing``.
+        compile (bool): ``torch.compile`` the model.
+        dataset (DictConfig): the domain corpus component.
+        lr_scheduler (DictConfig): the schedule component (gets ``num_training_steps``).
+        loss (DictConfig | None): the loss component; None: chunked cross-entropy.
+    """
+
+    batch_size: int
+    max_steps: int
+    dataset: DictConfig
+    lr_scheduler: DictConfig
+    grad_accum: int = 1
+    stop_after_steps: int | None = None
+    clip_grad_norm: float | None = None
+    log_every: int = 1
+    save_every: int = 0
+    activation_checkpointing: bool = False
+    compile: bool = False
+    loss: DictConfig | None = None
+
+    @classmethod
+    def from_config(cls, cfg: DictConfig) -> TrainPlan:
+        for key in ("batch_size", "max_steps"):
+            check_positive_int(cfg, key)
+        for key in ("gradient_accumulation_steps", "stop_after_steps"):
+            check_positive_int(cfg, key, required=False)
+        for key in ("save_every_n_steps", "log_every_n_steps"):
+            value = cfg.get(key)
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int) or value < 0
+            ):
+                raise ConfigError(f"{key}={value!r} must be a non-negative integer")
+        clip = cfg.get("clip_grad_norm")
+        if clip is not None and (
+            isinstance(clip, bool) or not isinstance(clip, (int, float)) or not clip > 0
+        ):
+            raise ConfigError(f"clip_grad_norm={clip!r} must be a positive number or null")
+        if cfg.get("optimizer_in_bwd"):
+            raise ConfigError(
+                "optimizer_in_bwd=True forces one learning rate on every parameter, which "
+                "defeats per-unit learning rates; remove it"
+            )
+        return cls(
+            batch_size=cfg.batch_size,
+            max_steps=cfg.max_steps,
+            dataset=cfg.dataset,
+            lr_scheduler=cfg.lr_scheduler,
+            grad_accum=cfg.get("gradient_accumulation_steps") or 1,
+            stop_after_steps=cfg.get("stop_after_steps"),
+            clip_grad_norm=None if clip is None else float(clip),
+            log_every=1 if cfg.get("log_every_n_steps") is None else cfg.log_every_n_steps,
+            save_every=cfg.get("save_every_n_steps") or 0,
+            activation_checkpointing=_bool(cfg, "enable_activation_checkpointing", False),
+            compile=_bool(cfg, "compile", False),
+            loss=cfg.get("loss"),
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class CanaryPlan:
+    """The forgetting canary: held-out general and domain loss every N steps.
+
+    Attributes:
+        every_n_steps (int): ``canary.every_n_steps`` (> 0; no plan when 0 or absent).
+        batch_size (int): ``canary.batch_size``.
+        general (DictConfig): ``canary.general``: a probe dataset of general text.
+        domain (DictConfig): ``canary.domain``: a probe dataset of domain text.
+    """
+
+    every_n_steps: int
+    general: DictConfig
+    domain: DictConfig
+    batch_size: int = 8
+
+    @classmethod
+    def from_config(cls, cfg: DictConfig) -> CanaryPlan | None:
+        section = cfg.get("canary")
+        if not section or not section.get("every_n_steps"):
+            return None
+        every = section.every_n_steps
+        if isinstance(every, bool) or not isinstance(every, int) or every < 0:
+            raise ConfigError(f"canary.every_n_steps={every!r} must be a non-negative integer")
+        for name in ("general", "domain"):
+            if not isinstance(section.get(name), DictConfig):
+                raise ConfigError(
+                    f"canary.every_n_steps is set but canary.{name} (a probe_dataset) is missing"
+                )
+        batch_size = 8 if section.get("batch_size") is None else section.batch_size
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ConfigError(f"canary.batch_size={batch_size!r} must be a positive integer")
+        return cls(every, section.general, section.domain, batch_size)
+
+
+@dataclasses.dataclass(frozen=True)
+class RunPlan:
+    """One ``adept_cpt`` run, as the recipe reads it.
+
+    Attributes:
+        config (DictConfig): the resolved config, for the metric logger's copy only.
+        method (Method): the method table's row.
+        output_dir (Path): where everything is written.
+        seed (int): the seed; a random one (``seed_is_random``) when the config says null.
+        device (str): ``cpu``, ``cuda`` or ``cuda:N``.
+        dtype (str): ``fp32`` or ``bf16``.
+        fp32_trainable (bool): ``trainable_dtype: fp32`` in a bf16 run.
+        model, tokenizer, checkpointer, metric_logger (DictConfig): component sections.
+        stage1 (Stage1Plan), train (TrainPlan), optimizer (OptimizerPlan),
+        unit_tuning (UnitTuningPlan), canary (CanaryPlan | None): the stages.
+        resume (bool): ``resume_from_checkpoint``.
+        seq_lens (dict[str, int]): config field -> sequence length it asks for, each checked
+            against the model's RoPE length before any data is read.
+    """
+
+    config: DictConfig
+    method: Method
+    output_dir: Path
+    seed: int
+    seed_is_random: bool
+    device: str
+    dtype: str
+    fp32_trainable: bool
+    model: DictConfig
+    tokenizer: DictConfig
+    checkpointer: DictConfig
+    metric_logger: DictConfig
+    stage1: Stage1Plan
+    train: TrainPlan
+    optimizer: OptimizerPlan
+    unit_tuning: UnitTuningPlan
+    canary: CanaryPlan | None
+    resume: bool
+    seq_lens: dict[str, int]
+
+    @classmethod
+    def from_config(cls, cfg: DictConfig) -> RunPlan:
+        """Check the whole config and build the plan; nothing is read from disk but config.
+
+        Raises:
+            ConfigError: the first bad field, by its config name, with the fix.
+        """
+        missing = [k for k in REQUIRED_KEYS if k not in cfg]
+        if missing:
+            raise ConfigError(f"config lacks required key(s) {missing}")
+        for key in COMPONENT_KEYS:
+            if not isinstance(cfg[key], DictConfig) or "_component_" not in cfg[key]:
+                raise ConfigError(f"`{key}` must be a mapping with a `_component_` entry")
+        check_run_fields(cfg)
+        seed, seed_is_random = cfg.seed, cfg.seed is None
+        if seed_is_random:
+            seed = random.SystemRandom().randrange(2**32)
+        elif isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
+            raise ConfigError(f"seed={seed!r} must be an integer in [0, 2**32) or null (random)")
+        trainable_dtype = cfg.get("trainable_dtype")
+        if trainable_dtype not in (None, "fp32", cfg.dtype):
+            raise ConfigError(
+                f"trainable_dtype={trainable_dtype!r} with dtype={cfg.dtype}: use fp32 (trainable "
+                "weights kept in fp32) or null (the run's dtype)"
+            )
+        if cfg.method not in METHODS:
+            raise ConfigError(f"method={cfg.method!r}; use one of {', '.join(METHODS)}")
+        method = METHODS[cfg.method]
+        train = TrainPlan.from_config(cfg)
+        optimizer = OptimizerPlan.from_config(cfg.optimizer)
+        unit_tuning = UnitTuningPlan.from_config(cfg)
+        stage1 = Stage1Plan.from_config(cfg, method)
+        canary = CanaryPlan.from_config(cfg)
+        seq_lens = {"dataset.max_seq_len": cfg.dataset.get("max_seq_len")}
+        if stage1.probe is not None:
+            seq_lens["probe.max_seq_len"] = stage1.probe.get("max_seq_len")
+        if canary is not None:
+            seq_lens["canary.general.max_seq_len"] = canary.general.get("max_seq_len")
+            seq_lens["canary.domain.max_seq_len"] = canary.domain.get("max_seq_len")
+        return cls(
+            config=cfg,
+            method=method,
+            output_dir=Path(str(cfg.output_dir)).expanduser(),
+            seed=seed,
+            seed_is_random=seed_is_random,
+            device=str(cfg.device),
+            dtype=cfg.dtype,
+            fp32_trainable=trainable_dtype == "fp32" and cfg.dtype != "fp32",
+            model=cfg.model,
+            tokenizer=cfg.tokenizer,
+            checkpointer=cfg.checkpointer,
+            metric_logger=cfg.metric_logger,
+            stage1=stage1,
+            train=train,
+            optimizer=optimizer,
+            unit_tuning=unit_tuning,
+            canary=canary,
+            resume=_bool(cfg, "resume_from_checkpoint", False),
+            seq_lens={k: v for k, v in seq_lens.items() if v is not None},
+        )
+
+
+def _bool(cfg: DictConfig, key: str, default: bool) -> bool:
+    value = cfg.get(key)
+    if value is None:
+        return default
+    if not isinstance(value, bool):
+        raise ConfigError(f"{key}={value!r} must be true or false")
+    return value
+
+
+def _check_keys(section: DictConfig, name: str, known: tuple[str, ...] | list[str]) -> None:
+    """Refuse a key the recipe would silently ignore (a typo in the YAML)."""
+    for key in section:
+        if key not in known:
+            close = difflib.get_close_matches(str(key), known, n=1)
+            hint = f" Did you mean {name}.{close[0]}?" if close else ""
+            raise ConfigError(
+                f"{name}.{key} is not a field of {name} (fields: {', '.join(known)}).{hint}"
+            )
