@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import uuid
 from collections.abc import Callable, Iterator, Mapping
@@ -104,6 +105,41 @@ def atomic_directory(target: Path) -> Iterator[Path]:
         target.rename(old)
     tmp.rename(target)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def recover_directories(parent: Path) -> list[str]:
+    """Finish or undo what a crash inside ``atomic_directory`` left in ``parent``.
+
+    A ``.NAME.tmp-*`` directory is a write that never completed: removed. A ``.NAME.old-*``
+    directory is the previous ``NAME``, moved aside just before the new one was renamed in: if
+    ``NAME`` exists the replacement completed and the old copy is removed; otherwise the crash
+    fell between the two renames and the old copy is put back. Only directories of this
+    module's naming pattern are touched.
+
+    Args:
+        parent (Path): the directory holding the checkpoints (nothing happens if it is absent).
+
+    Returns:
+        list[str]: one line per directory removed or restored.
+    """
+    done: list[str] = []
+    if not parent.is_dir():
+        return done
+    for path in sorted(parent.iterdir()):
+        match = _STAGED.fullmatch(path.name)
+        if not match or not path.is_dir():
+            continue
+        target = parent / match["name"]
+        if match["kind"] == "old" and not target.exists():
+            path.rename(target)
+            done.append(f"restored {target} from an interrupted replacement")
+        else:
+            shutil.rmtree(path, ignore_errors=True)
+            done.append(f"removed {path} (left by an interrupted save)")
+    return done
+
+
+_STAGED = re.compile(r"\.(?P<name>.+)\.(?P<kind>tmp|old)-\d+-[0-9a-f]{8}")
 
 
 def _tag() -> str:

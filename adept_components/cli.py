@@ -5,6 +5,10 @@ torchtune's config registry is a static list inside torchtune, so our configs ca
 
 from __future__ import annotations
 
+# isort: off
+import adept_components.quiet  # noqa: F401  (before torchtune, which imports torchao)
+# isort: on
+
 import argparse
 import shutil
 import sys

@@ -21,13 +21,19 @@ the spec's baselines and ablations with the same data, seed and budget: ``full``
 
 from __future__ import annotations
 
+# isort: off
+import adept_components.quiet  # noqa: F401  (before torchtune, which imports torchao)
+# isort: on
+
 import dataclasses
 import json
 import math
 import os
 import random
+import shutil
 import sys
 import time
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -47,8 +53,8 @@ from torchtune.data import CROSS_ENTROPY_IGNORE_IDX
 from torchtune.modules import TransformerSelfAttentionLayer
 from tqdm import tqdm
 
-from adept_components.atomic import write_text_atomically
-from adept_components.checkpointing import HFCheckpointer
+from adept_components.atomic import recover_directories, write_text_atomically
+from adept_components.checkpointing import HFCheckpointer, check_state_dict_matches
 from adept_components.checkpointing.materialize import materialize
 from adept_components.config import ConfigError, RunPlan, resolved_config, user_errors
 from adept_components.data import epoch_order, probe_batches
@@ -63,6 +69,7 @@ from adept_components.expansion import (
     uniform_source_layers,
 )
 from adept_components.importance import (
+    LayerProfile,
     check_profile_matches,
     profile_layers,
     read_profile,
@@ -150,6 +157,15 @@ class AdeptCPTRecipe:
                     f"{field}={seq_len} exceeds the model's max_seq_len={limit}; lower {field} "
                     "or raise model.max_seq_len (the model's RoPE cache length)"
                 )
+        # What a crash inside a save left (a partial temporary directory, or a checkpoint
+        # moved aside just before its replacement was renamed in) is settled first: the only
+        # change a run makes before its inputs are checked, and none when nothing crashed.
+        self.recovered: list[str] = []
+        if self.is_rank_zero:
+            for parent in (self.output_dir, self.output_dir / "checkpoints"):
+                self.recovered += recover_directories(parent)
+        if self.distributed:
+            dist.barrier()
         self.resume = self._find_resume_point() if plan.resume else None
         self.probe_batches = None
         if plan.stage1.probe is not None:
@@ -157,20 +173,40 @@ class AdeptCPTRecipe:
             self.probe_info = probe.info
             self.probe_batches = probe_batches(probe, plan.stage1.probe_batch_size)
         self.canary = self._build_canary()
-        # Last of the inputs: the largest, and with dataset.cache_dir the only one written.
-        self.dataset = _instantiate("dataset", plan.train.dataset, tokenizer=self.tokenizer)
-        if len(self.dataset) < plan.train.batch_size * self.world_size:
-            raise ConfigError(
-                f"the domain corpus has {len(self.dataset)} chunks of "
-                f"{self.dataset.info.max_seq_len} tokens, fewer than one global batch "
-                f"({plan.train.batch_size} x {self.world_size} ranks)"
-            )
-        self.base_state = None if self.resume else self.checkpointer.load_state_dict()
+        # The weights (named if damaged), checked against the model they will fill, and a
+        # saved profile against the base model: all before anything is written.
+        reader = self.resume.reader if self.resume else self.checkpointer
+        self.state = _checked("checkpointer.checkpoint_dir", reader.load_state_dict)
+        build = partial(tt_config.instantiate, plan.model)
+        metadata = self.resume.metadata if self.resume else None
+        with torch.device("meta"):
+            model = expand_model(build, metadata) if metadata else build()
+        _checked(f"checkpoint {reader.checkpoint_dir}", check_state_dict_matches, model, self.state, self.architecture.family)  # fmt: skip
+        from_profile = plan.stage1.selection == "profile" and self.resume is None
+        self.profile = self._read_profile(model) if from_profile else None
+        del model
+        # Last of the inputs: the largest, and with dataset.cache_dir the only one written
+        # (a fresh output_dir that only the token cache created goes again if it is refused).
+        fresh = not self.output_dir.exists()
+        try:
+            self.dataset = _instantiate("dataset", plan.train.dataset, tokenizer=self.tokenizer)
+            if len(self.dataset) < plan.train.batch_size * self.world_size:
+                raise ConfigError(
+                    f"the domain corpus has {len(self.dataset)} chunks of "
+                    f"{self.dataset.info.max_seq_len} tokens, fewer than one global batch "
+                    f"({plan.train.batch_size} x {self.world_size} ranks)"
+                )
+        except BaseException:
+            if fresh and self.is_rank_zero:
+                shutil.rmtree(self.output_dir, ignore_errors=True)
+            raise
 
         if self.is_rank_zero:
             self.output_dir.mkdir(parents=True, exist_ok=True)
             self.metric_logger = tt_config.instantiate(plan.metric_logger)
             self.metric_logger.log_config(plan.config)
+            for line in self.recovered:
+                self._log(f"Checkpoint directory: {line}")
         if plan.seed_is_random:
             self._log(f"seed=null: random seed {plan.seed} (set seed={plan.seed} to repeat)")
         corpus = self.dataset.info
@@ -184,24 +220,22 @@ class AdeptCPTRecipe:
 
     def stage1(self) -> None:
         """Select -> expand -> freeze (spec S1.1-S1.5), as the method's table row says."""
+        state = self.state
         if self.resume is not None:
             self.metadata = self.resume.metadata
             layers = self.resume.state["trainable_layers"]
             self._log(f"Resuming from {self.resume.directory}")
-            state = self.resume.reader.load_state_dict()
         else:
             sources = self._select_layers()
             if self.method.expand:
                 self.metadata = ExpansionMetadata(self.architecture.num_layers, sources)
-                state = expand_state_dict(self.base_state, self.metadata)
-            else:
-                state = self.base_state
+                state = expand_state_dict(state, self.metadata)
             layers = self.metadata.copy_positions if self.metadata else sources
         build = partial(tt_config.instantiate, self.plan.model)
         if self.metadata is not None:
             build = partial(expand_model, build, self.metadata)
         self.model = materialize(build, state, self.architecture.family, self.device, self.dtype)
-        self.base_state = None
+        self.state = None
         self.trainable_layers: list[int] | None = None if layers is None else list(layers)
         if self.trainable_layers is None:
             self.model.requires_grad_(True)
@@ -235,28 +269,33 @@ class AdeptCPTRecipe:
         self._log(f"Selected layers {selected} (k={stage1.k})")
         return selected
 
+    def _read_profile(self, base: torch.nn.Module) -> LayerProfile:
+        """``expansion.profile``, checked against the base model and ``expansion.importance``."""
+        stage1 = self.plan.stage1
+        profile = _checked("expansion.profile", read_profile, stage1.profile)
+        _checked(f"expansion.profile {stage1.profile}", check_profile_matches, profile, base, self.checkpointer.checkpoint_dir)  # fmt: skip
+        if stage1.importance not in profile.layer_scores:
+            raise ConfigError(
+                f"expansion.importance={stage1.importance!r}, but the profile {stage1.profile} "
+                f"holds scores for {sorted(profile.layer_scores)}: choose one of those, or drop "
+                "expansion.profile to probe again"
+            )
+        return dataclasses.replace(profile, method=stage1.importance)
+
     def _probe_layers(self) -> list[int]:
         """Score every layer on the probe set (or read a saved profile); the k least critical."""
         stage1 = self.plan.stage1
-        base = materialize(
-            partial(tt_config.instantiate, self.plan.model),
-            self.base_state,
-            self.architecture.family,
-            self.device,
-            self.dtype,
-        )
-        if stage1.profile is not None:
-            profile = read_profile(stage1.profile)
-            check_profile_matches(profile, base, self.checkpointer.checkpoint_dir)
-            if stage1.importance not in profile.layer_scores:
-                raise ConfigError(
-                    f"expansion.importance={stage1.importance!r}, but the profile "
-                    f"{stage1.profile} holds scores for {sorted(profile.layer_scores)}: choose "
-                    "one of those, or drop expansion.profile to probe again"
-                )
-            profile = dataclasses.replace(profile, method=stage1.importance)
+        if self.profile is not None:
+            profile = self.profile
             self._log(f"Layer importance ({stage1.importance}) read from {stage1.profile}")
         else:
+            base = materialize(
+                partial(tt_config.instantiate, self.plan.model),
+                self.state,
+                self.architecture.family,
+                self.device,
+                self.dtype,
+            )
             start = time.perf_counter()
             profile = profile_layers(
                 base,
@@ -268,7 +307,7 @@ class AdeptCPTRecipe:
                 progress=self.is_rank_zero,
             )
             self._log(f"Probed {len(base.layers)} layers in {time.perf_counter() - start:.1f}s")
-        del base
+            del base
         selected = select_layers(profile.scores, stage1.k)
         if self.is_rank_zero:
             profile = dataclasses.replace(profile, selected_layers=list(selected))
@@ -352,6 +391,8 @@ class AdeptCPTRecipe:
         stop_at = train.max_steps
         if train.stop_after_steps:
             stop_at = min(train.max_steps, self.step + train.stop_after_steps)
+        # Training throughput counts training only: re-scoring, canary and saves are timed
+        # and logged on their own (refresh_seconds, canary/seconds, save_seconds).
         tokens_seen, start = 0, time.perf_counter()
         while self.step < stop_at:
             loss, num_tokens = self.train_step()
@@ -369,13 +410,15 @@ class AdeptCPTRecipe:
                     step=self.step,
                 )
                 tokens_seen, start = 0, time.perf_counter()
+            paused = time.perf_counter()
             if decoupled and refresh.due(self.step) and self.step < train.max_steps:
                 self._refresh_scales()
             if canary_every and self.step % canary_every == 0:
                 self._log_canary()
             due = train.save_every and self.step % train.save_every == 0
-            if due and self.step < train.max_steps:
+            if due and self.step < min(stop_at, train.max_steps):  # stop_at saves below
                 self.save_checkpoint(f"checkpoints/step_{self.step}", with_training_state=True)
+            start += time.perf_counter() - paused
         progress.close()
         if self.step < train.max_steps:  # stop_after_steps: leave a checkpoint to resume from
             self.save_checkpoint(f"checkpoints/step_{self.step}", with_training_state=True)
@@ -444,9 +487,9 @@ class AdeptCPTRecipe:
             f"Refreshed {len(scales)} unit scales at step {self.step} in {time.perf_counter() - start:.1f}s"
         )
         if self.is_rank_zero:
-            self.metric_logger.log_dict(
-                {f"scale/{name}": w for name, w in scales.items()}, step=self.step
-            )
+            metrics = {f"scale/{name}": w for name, w in scales.items()}
+            metrics["refresh_seconds"] = time.perf_counter() - start
+            self.metric_logger.log_dict(metrics, step=self.step)
 
     # ------------------------------------------------------------------------------ canary
 
@@ -515,7 +558,7 @@ class AdeptCPTRecipe:
         Returns:
             Path: the checkpoint directory.
         """
-        path = self.output_dir / name
+        path, start = self.output_dir / name, time.perf_counter()
         options = StateDictOptions(full_state_dict=True, cpu_offload=True)
         state = get_model_state_dict(self.model, options=options)
         train_state = None
@@ -535,7 +578,6 @@ class AdeptCPTRecipe:
                 },
             }  # fmt: skip
         if self.is_rank_zero:
-            start = time.perf_counter()
             self.checkpointer.save(
                 {_clean(k): v for k, v in state.items()},
                 architecture_of(self.model),
@@ -547,7 +589,10 @@ class AdeptCPTRecipe:
                 if train_state
                 else None,
             )
-            self._log(f"Saved HF checkpoint to {path} in {time.perf_counter() - start:.1f}s")
+            seconds = time.perf_counter() - start  # gathering the state and writing it
+            self._log(f"Saved HF checkpoint to {path} in {seconds:.1f}s")
+            if self.metric_logger is not None:
+                self.metric_logger.log_dict({"save_seconds": seconds}, step=self.step)
         if self.distributed:
             dist.barrier()
         return path
@@ -633,7 +678,15 @@ class AdeptCPTRecipe:
                 f"checkpointer.checkpoint_dir={self.checkpointer.checkpoint_dir}: resume only the "
                 "run this config started, or change output_dir"
             )
-        state = torch.load(directory / TRAINING_STATE_FILE, weights_only=True)
+        state_file = directory / TRAINING_STATE_FILE
+        try:
+            state = torch.load(state_file, weights_only=True)
+        except Exception as e:  # torch.load raises pickle, zip and EOF errors of many kinds
+            raise ConfigError(
+                f"{state_file} is not a readable training state ({type(e).__name__}: "
+                f"{str(e).splitlines()[0] if str(e) else 'no detail'}): it is truncated or "
+                "damaged; delete that checkpoint directory to resume from the one before"
+            ) from None
         if state["method"] != self.method.name:
             raise ConfigError(
                 f"resume checkpoint {directory} was trained with method={state['method']}, the "
@@ -687,13 +740,18 @@ class AdeptCPTRecipe:
             log.info(message)
 
 
-def _instantiate(field: str, section: Any, **kwargs: Any) -> Any:
-    """Build a config section's component; a user error (bad file, bad data) names the field."""
+def _checked(field: str, call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """``call(*args, **kwargs)``; a user error (bad file, bad data) names the field first."""
     try:
-        return tt_config.instantiate(section, **kwargs)
+        return call(*args, **kwargs)
     except (ValueError, FileNotFoundError) as e:
         message = str(e)
         raise ConfigError(message if message.startswith(field) else f"{field}: {message}") from None
+
+
+def _instantiate(field: str, section: Any, **kwargs: Any) -> Any:
+    """Build a config section's component; a user error names the section."""
+    return _checked(field, tt_config.instantiate, section, **kwargs)
 
 
 def _clean(key: str) -> str:

@@ -16,6 +16,10 @@ prints one line naming the fix, exits with status 1 and leaves no output directo
 
 from __future__ import annotations
 
+# isort: off
+import adept_components.quiet  # noqa: F401  (before torchtune, which imports torchao)
+# isort: on
+
 import sys
 import time
 from collections.abc import Callable

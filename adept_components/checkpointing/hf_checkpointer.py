@@ -66,10 +66,7 @@ class HFCheckpointer:
         """
         hf_state: dict[str, torch.Tensor] = {}
         for path in self.weight_files:
-            if path.suffix == ".safetensors":
-                hf_state.update(load_file(str(path)))
-            else:
-                hf_state.update(torch.load(path, map_location="cpu", weights_only=True))
+            hf_state.update(read_weight_file(path))
         return hf_to_tune(hf_state, self.architecture)
 
     def load_into(
@@ -188,11 +185,38 @@ def write_safetensors_shards(
     save_torch_state_dict(dict(state), directory, max_shard_size=max_shard_size)
 
 
+def read_weight_file(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of one ``.safetensors`` or ``.bin`` weight file, on CPU.
+
+    Raises:
+        ValueError: the file is truncated, not of its format, or otherwise unreadable; the
+            message names the file and what the reader said.
+    """
+    try:
+        if path.suffix == ".safetensors":
+            return load_file(str(path))
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # safetensors raises its own SafetensorError; torch.load many kinds
+        size = path.stat().st_size if path.exists() else 0
+        kind = "safetensors" if path.suffix == ".safetensors" else "PyTorch weights"
+        raise ValueError(
+            f"{path} ({size:,} bytes) is not a readable {kind} file ({type(e).__name__}: "
+            f"{str(e).splitlines()[0] if str(e) else 'no detail'}): it is truncated or damaged; "
+            "download or copy the checkpoint again"
+        ) from None
+
+
 def _find_weight_files(directory: Path) -> list[Path]:
     for index_name in (SAFETENSORS_INDEX, _BIN_INDEX):
         index = directory / index_name
         if index.is_file():
-            names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+            try:
+                names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+            except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
+                raise ValueError(
+                    f"{index} is not a weight index (a JSON object with a weight_map): "
+                    f"{type(e).__name__}: {e}"
+                ) from None
             missing = [n for n in names if not (directory / n).is_file()]
             if missing:
                 raise FileNotFoundError(

@@ -5,8 +5,11 @@ for ``dataset.source`` too:
 
 - ``.txt``: one row per paragraph (paragraphs separated by a blank line);
 - ``.jsonl`` / ``.json`` / ``.parquet``: ``datasets.load_dataset`` with the json/parquet builder;
-- a local dataset directory or a Hugging Face dataset id: ``datasets.load_dataset(source, split)``
-  (``streaming=True`` reads a corpus of billions of tokens without downloading it whole).
+- a directory written by ``Dataset.save_to_disk`` or ``DatasetDict.save_to_disk``:
+  ``datasets.load_from_disk`` (the split chosen from a DatasetDict);
+- another local dataset directory or a Hugging Face dataset id:
+  ``datasets.load_dataset(source, split)`` (``streaming=True`` reads a corpus of billions of
+  tokens without downloading it whole).
 """
 
 from __future__ import annotations
@@ -55,6 +58,8 @@ def read_rows(
             raise FileNotFoundError(f"{field}={str(path)!r} does not exist")
         if path.is_file():
             return _read_file(path, suffix, seed, field)
+        if (path / "dataset_dict.json").is_file() or (path / "state.json").is_file():
+            return _read_saved_dataset(path, split, seed, field)
     return _read_hf_dataset(str(path) if path.exists() else source, subset, split, seed, streaming)
 
 
@@ -78,6 +83,23 @@ def _read_file(
     # A single file is one split; name it "train" whatever ``split`` says.
     dataset = datasets.load_dataset(FILE_BUILDERS[suffix], data_files=str(path), split="train")
     return dataset.shuffle(seed=seed) if seed is not None else dataset
+
+
+def _read_saved_dataset(
+    path: Path, split: str, seed: int | None, field: str
+) -> Iterable[Mapping[str, Any]]:
+    """A ``save_to_disk`` directory: a Dataset as it is, a DatasetDict's ``split``."""
+    import datasets
+
+    saved = datasets.load_from_disk(str(path))
+    if isinstance(saved, datasets.DatasetDict):
+        if split not in saved:
+            raise ValueError(
+                f"{field}={str(path)!r} is a saved DatasetDict without split {split!r} "
+                f"(splits: {', '.join(saved)}); set the split"
+            )
+        saved = saved[split]
+    return saved.shuffle(seed=seed) if seed is not None else saved
 
 
 def _read_hf_dataset(

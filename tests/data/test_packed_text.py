@@ -77,3 +77,34 @@ def test_bad_input(tokenizer, tmp_path: Path, kwargs: dict, error: type, message
     args = {"source": str(path), "max_seq_len": 8, **kwargs}
     with pytest.raises(error, match=message):
         packed_text_dataset(tokenizer, **args)
+
+
+def test_every_local_format_gives_the_same_tokens(tokenizer, tmp_path: Path) -> None:
+    """.txt, .jsonl, .parquet and both kinds of save_to_disk directory: one token stream."""
+    import datasets
+
+    docs = [d.strip() for d in _docs()]  # a .txt paragraph is stripped
+    rows = [{"text": d} for d in docs]
+    (tmp_path / "corpus.txt").write_text("\n\n".join(docs) + "\n")
+    (tmp_path / "corpus.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    datasets.Dataset.from_list(rows).to_parquet(str(tmp_path / "corpus.parquet"))
+    datasets.Dataset.from_list(rows).save_to_disk(str(tmp_path / "saved_dataset"))
+    splits = {"train": rows, "validation": rows[:3]}
+    datasets.DatasetDict(
+        {k: datasets.Dataset.from_list(v) for k, v in splits.items()}
+    ).save_to_disk(str(tmp_path / "saved_dict"))
+    sources = ["corpus.txt", "corpus.jsonl", "corpus.parquet", "saved_dataset", "saved_dict"]
+    streams = {}
+    for name in sources:
+        data = packed_text_dataset(tokenizer, str(tmp_path / name), max_seq_len=32)
+        streams[name] = torch.cat([data[i] for i in range(len(data))])
+    expected = [t for d in docs for t in tokenizer.encode(d, add_bos=True, add_eos=True)]
+    for name, stream in streams.items():
+        assert torch.equal(stream, torch.tensor(expected[: len(stream)])), name
+        assert len(stream) == len(expected) // 32 * 32, name
+    validation = packed_text_dataset(
+        tokenizer, str(tmp_path / "saved_dict"), max_seq_len=8, split="validation"
+    )
+    assert validation.info.num_documents == 3
+    with pytest.raises(ValueError, match="saved DatasetDict without split 'test'"):
+        packed_text_dataset(tokenizer, str(tmp_path / "saved_dict"), max_seq_len=8, split="test")

@@ -1,0 +1,22 @@
+"""Silence one import-time notice of torchao, and nothing else.
+
+torchao logs "Skipping import of cpp extensions due to incompatible torch version ..." when
+the installed torch is newer than the ones its C++ kernels were built for. torchtune imports
+torchao at start-up, and nothing adept-cpt runs uses those kernels, so the notice only alarms.
+Importing this module before torchtune drops exactly that record; every other torchao message
+and every warning still shows.
+"""
+
+from __future__ import annotations
+
+import logging
+
+NOTICE = "Skipping import of cpp extensions"
+
+
+class _CppExtensionNotice(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(NOTICE)
+
+
+logging.getLogger("torchao").addFilter(_CppExtensionNotice())
