@@ -181,7 +181,14 @@ class AdeptCPTRecipe:
         metadata = self.resume.metadata if self.resume else None
         with torch.device("meta"):
             model = expand_model(build, metadata) if metadata else build()
-        _checked(f"checkpoint {reader.checkpoint_dir}", check_state_dict_matches, model, self.state, self.architecture.family)  # fmt: skip
+        family = self.architecture.family
+        _checked(
+            f"checkpoint {reader.checkpoint_dir}",
+            check_state_dict_matches,
+            model,
+            self.state,
+            family,
+        )
         from_profile = plan.stage1.selection == "profile" and self.resume is None
         self.profile = self._read_profile(model) if from_profile else None
         del model
@@ -273,7 +280,11 @@ class AdeptCPTRecipe:
         """``expansion.profile``, checked against the base model and ``expansion.importance``."""
         stage1 = self.plan.stage1
         profile = _checked("expansion.profile", read_profile, stage1.profile)
-        _checked(f"expansion.profile {stage1.profile}", check_profile_matches, profile, base, self.checkpointer.checkpoint_dir)  # fmt: skip
+        field, checkpoint_dir = (
+            f"expansion.profile {stage1.profile}",
+            self.checkpointer.checkpoint_dir,
+        )
+        _checked(field, check_profile_matches, profile, base, checkpoint_dir)
         if stage1.importance not in profile.layer_scores:
             raise ConfigError(
                 f"expansion.importance={stage1.importance!r}, but the profile {stage1.profile} "
