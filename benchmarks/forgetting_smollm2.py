@@ -417,6 +417,9 @@ _COLORS = {
 }
 
 
+_VARIANT_COLORS = ("olive", "cyan", "magenta", "black", "gold", "navy", "lime", "gray")
+
+
 def plot_frontier(runs: list[dict[str, Any]], path: Path) -> None:
     """Domain gain (x) against general loss increase (y), one line per method across lrs."""
     import matplotlib
@@ -432,12 +435,16 @@ def plot_frontier(runs: list[dict[str, Any]], path: Path) -> None:
         groups: dict[str, list[dict[str, Any]]] = {}
         for r in runs:
             groups.setdefault(r.get("variant") or r["method"], []).append(r)
+        variants = [label for label, group in groups.items() if group[0].get("variant")]
         for label, group in groups.items():
             group = sorted(group, key=lambda r: r["lr"])
-            color = _COLORS.get(group[0]["method"], "gray")
-            style = "-" if not group[0].get("variant") else "--"
+            if group[0].get("variant"):  # ADEPT with one change: its own colour, square marks
+                color = _VARIANT_COLORS[variants.index(label) % len(_VARIANT_COLORS)]
+                style, marker = "--", "s"
+            else:
+                color, style, marker = _COLORS.get(group[0]["method"], "gray"), "-", "o"
             xs, ys = [r["domain_gain"] for r in group], [r[key] for r in group]
-            ax.plot(xs, ys, marker="o", color=color, linestyle=style, label=label)
+            ax.plot(xs, ys, marker=marker, color=color, linestyle=style, label=label)
             for r, x, y in zip(group, xs, ys, strict=True):
                 ax.annotate(f"{r['lr']:g}", (x, y), textcoords="offset points", xytext=(4, 3),
                             fontsize=7)  # fmt: skip
