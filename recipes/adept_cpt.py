@@ -33,7 +33,6 @@ import random
 import shutil
 import sys
 import time
-from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -56,7 +55,13 @@ from tqdm import tqdm
 from adept_components.atomic import recover_directories, write_text_atomically
 from adept_components.checkpointing import HFCheckpointer, check_state_dict_matches
 from adept_components.checkpointing.materialize import materialize
-from adept_components.config import ConfigError, RunPlan, resolved_config, user_errors
+from adept_components.config import (
+    ConfigError,
+    RunPlan,
+    named_errors,
+    resolved_config,
+    user_errors,
+)
 from adept_components.data import epoch_order, probe_batches
 from adept_components.evaluation import retention_from_canary
 from adept_components.expansion import (
@@ -176,13 +181,13 @@ class AdeptCPTRecipe:
         # The weights (named if damaged), checked against the model they will fill, and a
         # saved profile against the base model: all before anything is written.
         reader = self.resume.reader if self.resume else self.checkpointer
-        self.state = _checked("checkpointer.checkpoint_dir", reader.load_state_dict)
+        self.state = named_errors("checkpointer.checkpoint_dir", reader.load_state_dict)
         build = partial(tt_config.instantiate, plan.model)
         metadata = self.resume.metadata if self.resume else None
         with torch.device("meta"):
             model = expand_model(build, metadata) if metadata else build()
         family = self.architecture.family
-        _checked(
+        named_errors(
             f"checkpoint {reader.checkpoint_dir}",
             check_state_dict_matches,
             model,
@@ -279,12 +284,12 @@ class AdeptCPTRecipe:
     def _read_profile(self, base: torch.nn.Module) -> LayerProfile:
         """``expansion.profile``, checked against the base model and ``expansion.importance``."""
         stage1 = self.plan.stage1
-        profile = _checked("expansion.profile", read_profile, stage1.profile)
+        profile = named_errors("expansion.profile", read_profile, stage1.profile)
         field, checkpoint_dir = (
             f"expansion.profile {stage1.profile}",
             self.checkpointer.checkpoint_dir,
         )
-        _checked(field, check_profile_matches, profile, base, checkpoint_dir)
+        named_errors(field, check_profile_matches, profile, base, checkpoint_dir)
         if stage1.importance not in profile.layer_scores:
             raise ConfigError(
                 f"expansion.importance={stage1.importance!r}, but the profile {stage1.profile} "
@@ -751,18 +756,9 @@ class AdeptCPTRecipe:
             log.info(message)
 
 
-def _checked(field: str, call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    """``call(*args, **kwargs)``; a user error (bad file, bad data) names the field first."""
-    try:
-        return call(*args, **kwargs)
-    except (ValueError, FileNotFoundError) as e:
-        message = str(e)
-        raise ConfigError(message if message.startswith(field) else f"{field}: {message}") from None
-
-
 def _instantiate(field: str, section: Any, **kwargs: Any) -> Any:
     """Build a config section's component; a user error names the section."""
-    return _checked(field, tt_config.instantiate, section, **kwargs)
+    return named_errors(field, tt_config.instantiate, section, **kwargs)
 
 
 def _clean(key: str) -> str:

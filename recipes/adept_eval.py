@@ -22,10 +22,8 @@ import adept_components.quiet  # noqa: F401  (before torchtune, which imports to
 
 import sys
 import time
-from collections.abc import Callable
 from functools import partial
 from pathlib import Path
-from typing import Any, TypeVar
 
 from omegaconf import DictConfig
 from torchtune import config as tt_config
@@ -38,6 +36,7 @@ from adept_components.config import (
     ConfigError,
     check_positive_int,
     check_run_fields,
+    named_errors,
     resolved_config,
     user_errors,
 )
@@ -51,7 +50,6 @@ from adept_components.losses import heldout_loss
 from adept_components.models import model_from_hf_config
 
 log = utils.get_logger("INFO")
-T = TypeVar("T")
 
 ROLES = ("base", "adapted")
 HELD_OUT = ("general", "domain")
@@ -91,21 +89,23 @@ class AdeptEvalRecipe:
     def setup(self) -> None:
         """Checkpoints -> tokenizer check -> tokenizer -> held-out sets; nothing is written."""
         self.checkpointers = {
-            role: _checked(
+            role: named_errors(
                 f"{role}_checkpoint_dir", HFCheckpointer, str(path), str(self.output_dir)
             )
             for role, path in self.checkpoint_dirs.items()
         }
-        _checked(
+        named_errors(
             "adapted_checkpoint_dir",
             check_same_tokenizer,
             self.checkpoint_dirs["base"],
             self.checkpoint_dirs["adapted"],
         )
-        self.tokenizer = _checked("tokenizer", tt_config.instantiate, self.cfg.tokenizer)
+        self.tokenizer = named_errors("tokenizer", tt_config.instantiate, self.cfg.tokenizer)
         self.held_out: dict[str, ProbeData] = {}
         for name in HELD_OUT:
-            data = _checked(name, tt_config.instantiate, self.cfg[name], tokenizer=self.tokenizer)
+            data = named_errors(
+                name, tt_config.instantiate, self.cfg[name], tokenizer=self.tokenizer
+            )
             self._check_seq_len(data.info.max_seq_len, f"{name}.max_seq_len")
             self.held_out[name] = data
         self.batches = {
@@ -123,7 +123,7 @@ class AdeptEvalRecipe:
         """Load each model in turn and take its loss on both held-out sets."""
         for role in ROLES:
             start = time.perf_counter()
-            model = _checked(f"{role}_checkpoint_dir", self._load_model, role)
+            model = named_errors(f"{role}_checkpoint_dir", self._load_model, role)
             self.losses[role] = {
                 name: heldout_loss(
                     model, batches, progress_desc=f"{role} {name} (batch)", show_progress=True
@@ -191,14 +191,6 @@ class AdeptEvalRecipe:
                     f"{field}={seq_len} exceeds the {role} model's max_position_embeddings="
                     f"{limit}; lower {field}"
                 )
-
-
-def _checked(field: str, build: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-    """Call ``build``; name the config field in a user error (missing file, bad data)."""
-    try:
-        return build(*args, **kwargs)
-    except (ValueError, FileNotFoundError) as e:
-        raise ConfigError(f"{field}: {e}") from None
 
 
 def _validate(cfg: DictConfig) -> None:

@@ -14,9 +14,10 @@ import difflib
 import os
 import re
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from importlib import resources
 from pathlib import Path
+from typing import Any, TypeVar
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import ConfigAttributeError, ConfigIndexError, ConfigKeyError
@@ -24,6 +25,7 @@ from omegaconf.errors import ConfigAttributeError, ConfigIndexError, ConfigKeyEr
 CONFIG_PACKAGE = "adept_components.recipe_configs"
 ASSET_PACKAGE = "adept_components.assets"
 _MISSING = object()
+T = TypeVar("T")
 
 
 def asset_path(relative: str) -> str:
@@ -222,10 +224,42 @@ def check_positive_int(cfg: DictConfig, key: str, required: bool = True) -> None
         ConfigError: naming the key and its value.
     """
     value = cfg.get(key)
-    if value is None and not required:
-        return
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ConfigError(f"{key}={value!r} must be a positive integer")
+    if value is not None or required:
+        check_int(value, key)
+
+
+def check_int(value: Any, field: str, minimum: int = 1, why: str = "") -> int:
+    """``value`` is an integer (not a bool) of at least ``minimum``.
+
+    Args:
+        value (Any): the config value.
+        field (str): its name as the YAML spells it, for the message.
+        minimum (int): 1 (a positive integer) or 0 (a non-negative one).
+        why (str): what the number counts, appended to the message.
+
+    Returns:
+        int: ``value``.
+
+    Raises:
+        ConfigError: ``field=value must be a positive integer`` (or non-negative).
+    """
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        kind = "a positive" if minimum == 1 else "a non-negative"
+        raise ConfigError(f"{field}={value!r} must be {kind} integer{why}")
+    return value
+
+
+def named_errors(field: str, call: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """``call(*args, **kwargs)``; a user error (bad file, bad data) names ``field`` first.
+
+    Raises:
+        ConfigError: the error's message, after ``field: `` unless it starts with the field.
+    """
+    try:
+        return call(*args, **kwargs)
+    except (ValueError, FileNotFoundError) as e:
+        message = str(e)
+        raise ConfigError(message if message.startswith(field) else f"{field}: {message}") from None
 
 
 @contextlib.contextmanager

@@ -21,7 +21,12 @@ from typing import Any, Literal
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch.optim import Optimizer
 
-from adept_components.config.loading import ConfigError, check_positive_int, check_run_fields
+from adept_components.config.loading import (
+    ConfigError,
+    check_int,
+    check_positive_int,
+    check_run_fields,
+)
 from adept_components.importance import IMPORTANCE_METHODS, check_selected_layers
 from adept_components.methods import METHODS, Method
 from adept_components.optim import RefreshPolicy, resolve_optimizer_class
@@ -82,12 +87,8 @@ class Stage1Plan:
         elif method.select == "probe" and profile:
             selection = "profile"
         k = len(layers) if layers else expansion.get("num_layers")
-        if selection not in (None, "layers") and (
-            not isinstance(k, int) or isinstance(k, bool) or k < 1
-        ):
-            raise ConfigError(
-                f"expansion.num_layers={k!r} must be a positive integer (k, layers to expand)"
-            )
+        if selection not in (None, "layers"):
+            check_int(k, "expansion.num_layers", why=" (k, layers to expand)")
         if method.needs_probe_data and "probe" not in cfg:
             raise ConfigError(
                 f"method={method.name} needs a `probe` section (general-domain probe data)"
@@ -148,15 +149,10 @@ class UnitTuningPlan:
         names = [f.name for f in dataclasses.fields(cls)]
         _check_keys(section, "unit_tuning", names)
         plan = cls(**{k: section[k] for k in names if section.get(k) is not None})
-        if isinstance(plan.refresh_every, bool) or not isinstance(plan.refresh_every, int):
-            raise ConfigError(
-                f"unit_tuning.refresh_every={plan.refresh_every!r} must be a positive integer"
-            )
-        if plan.refresh_every <= 0:
-            raise ConfigError(
-                f"unit_tuning.refresh_every={plan.refresh_every} must be a positive integer "
-                "(optimizer steps between unit-importance refreshes)"
-            )
+        try:  # the policy checks its own numbers; the message gains the section's name
+            RefreshPolicy(plan.refresh_every, plan.refresh_at_start)
+        except ValueError as e:
+            raise ConfigError(f"unit_tuning.{e}") from None
         for key in ("refresh_at_start", "separate_norm_range"):
             if not isinstance(getattr(plan, key), bool):
                 raise ConfigError(f"unit_tuning.{key}={getattr(plan, key)!r} must be true or false")
@@ -211,9 +207,7 @@ class OptimizerPlan:
             k: v for k, v in OmegaConf.to_container(section).items() if k not in ("_component_",)
         }
         lr = kwargs.pop("lr", None)
-        if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr):
-            raise ConfigError(f"optimizer.lr={lr!r} must be a positive number")
-        if lr <= 0:
+        if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 < lr < math.inf:
             raise ConfigError(f"optimizer.lr={lr!r} must be a positive number")
         if isinstance(kwargs.get("betas"), list):
             kwargs["betas"] = tuple(kwargs["betas"])
@@ -267,11 +261,8 @@ class TrainPlan:
         for key in ("gradient_accumulation_steps", "stop_after_steps"):
             check_positive_int(cfg, key, required=False)
         for key in ("save_every_n_steps", "log_every_n_steps"):
-            value = cfg.get(key)
-            if value is not None and (
-                isinstance(value, bool) or not isinstance(value, int) or value < 0
-            ):
-                raise ConfigError(f"{key}={value!r} must be a non-negative integer")
+            if cfg.get(key) is not None:
+                check_int(cfg[key], key, minimum=0)
         clip = cfg.get("clip_grad_norm")
         if clip is not None and (
             isinstance(clip, bool) or not isinstance(clip, (int, float)) or not clip > 0
@@ -319,17 +310,14 @@ class CanaryPlan:
         section = cfg.get("canary")
         if not section or not section.get("every_n_steps"):
             return None
-        every = section.every_n_steps
-        if isinstance(every, bool) or not isinstance(every, int) or every < 0:
-            raise ConfigError(f"canary.every_n_steps={every!r} must be a non-negative integer")
+        every = check_int(section.every_n_steps, "canary.every_n_steps", minimum=0)
         for name in ("general", "domain"):
             if not isinstance(section.get(name), DictConfig):
                 raise ConfigError(
                     f"canary.every_n_steps is set but canary.{name} (a probe_dataset) is missing"
                 )
         batch_size = 8 if section.get("batch_size") is None else section.batch_size
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ConfigError(f"canary.batch_size={batch_size!r} must be a positive integer")
+        check_int(batch_size, "canary.batch_size")
         return cls(every, section.general, section.domain, batch_size)
 
 
