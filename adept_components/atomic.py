@@ -60,7 +60,7 @@ def atomic_writes(writers: Mapping[Path, Callable[[Path], Any]]) -> None:
         Exception: whatever a writer raises; no target is then touched and every temporary file
             is removed.
     """
-    tag = _tag()
+    tag = new_tag()
     staged: dict[Path, Path] = {}
     try:
         for path, write in writers.items():
@@ -75,7 +75,7 @@ def atomic_writes(writers: Mapping[Path, Callable[[Path], Any]]) -> None:
 
 
 @contextlib.contextmanager
-def atomic_directory(target: Path) -> Iterator[Path]:
+def atomic_directory(target: Path, tag: str | None = None) -> Iterator[Path]:
     """A fresh hidden sibling directory to fill; on success it becomes ``target``.
 
     A previous ``target`` is moved aside, the new directory renamed into place and the old one
@@ -87,13 +87,16 @@ def atomic_directory(target: Path) -> Iterator[Path]:
 
     Args:
         target (Path): the directory to create or replace (its parent is created if missing).
+        tag (str | None): the temporary's tag (``new_tag()``); default: a fresh one. Several
+            processes filling one directory (every rank its shard) agree on the tag first and
+            find the temporary with ``staging_directory(target, tag)``.
 
     Yields:
         Path: the empty temporary directory.
     """
     target.parent.mkdir(parents=True, exist_ok=True)
-    tag = _tag()
-    tmp = target.parent / f".{target.name}.tmp-{tag}"
+    tag = tag or new_tag()
+    tmp = staging_directory(target, tag)
     tmp.mkdir()
     try:
         yield tmp
@@ -142,7 +145,13 @@ def recover_directories(parent: Path) -> list[str]:
 _STAGED = re.compile(r"\.(?P<name>.+)\.(?P<kind>tmp|old)-\d+-[0-9a-f]{8}")
 
 
-def _tag() -> str:
+def staging_directory(target: Path, tag: str) -> Path:
+    """The temporary that ``atomic_directory(target, tag)`` fills (for the other writers)."""
+    return target.parent / f".{target.name}.tmp-{tag}"
+
+
+def new_tag() -> str:
+    """A temporary-name tag unique to this process and call: ``<pid>-<8 hex digits>``."""
     return f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
 
 

@@ -484,6 +484,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         default="",
         help="comma-separated ADEPT lrs the variants run at (default: every ADEPT lr)",
     )
+    parser.add_argument(
+        "--variant-method",
+        default="adept",
+        help="the method the variants change (default adept), e.g. full for full CPT + replay",
+    )
     parser.add_argument("--override", action="append", default=[], help="recipe key=value for all")
     parser.add_argument("--report-only", action="store_true", help="rewrite .md/.png from the JSON")
     return parser.parse_args(argv)
@@ -535,22 +540,23 @@ def main(argv: list[str] | None = None) -> int:
             if r.name not in record["runs"] and (not only or r.name in only)
         ]
         variant_lrs = [float(lr) for lr in args.variant_lrs.split(",") if lr]
+        method = args.variant_method
         for name, _ in args.variant:
             pending += [
-                RunSpec(f"adept_{name}_lr{lr:g}", "adept", lr)
+                RunSpec(f"{method}_{name}_lr{lr:g}", method, lr)
                 for lr in variant_lrs or setting.adept_lrs
-                if f"adept_{name}_lr{lr:g}" not in record["runs"]
+                if f"{method}_{name}_lr{lr:g}" not in record["runs"]
             ]
         if not pending:
             break
         run = pending[0]
-        variant = next((v for v in args.variant if run.name.startswith(f"adept_{v[0]}_")), None)
+        variant = next((v for v in args.variant if run.name.startswith(f"{method}_{v[0]}_")), None)
         if variant:
             args.override.extend(shlex.split(variant[1]))
         result = execute(args, setting, run, profile, evaluator, record["base"])
         if variant:
             del args.override[-len(shlex.split(variant[1])) :]
-            result["variant"] = f"adept ({variant[0]})"
+            result["variant"] = f"{method} ({variant[0]})"
         record["runs"][run.name] = result
         save()
     save()

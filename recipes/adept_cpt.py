@@ -53,7 +53,20 @@ from torchtune.modules import TransformerSelfAttentionLayer
 from tqdm import tqdm
 
 from adept_components.atomic import recover_directories, write_text_atomically
-from adept_components.checkpointing import HFCheckpointer, check_state_dict_matches
+from adept_components.checkpointing import (
+    TRAINING_STATE_FILE,
+    HFCheckpointer,
+    TrainableCheckpointInfo,
+    base_reference,
+    check_base_reference,
+    check_state_dict_matches,
+    check_trainable_files,
+    clean_name,
+    is_trainable_checkpoint,
+    load_trainable_checkpoint,
+    save_trainable_checkpoint,
+    trainable_names,
+)
 from adept_components.checkpointing.materialize import materialize
 from adept_components.config import (
     ConfigError,
@@ -62,7 +75,7 @@ from adept_components.config import (
     resolved_config,
     user_errors,
 )
-from adept_components.data import epoch_order, probe_batches
+from adept_components.data import MixedText, epoch_order, probe_batches
 from adept_components.evaluation import retention_from_canary
 from adept_components.expansion import (
     ExpansionMetadata,
@@ -76,6 +89,7 @@ from adept_components.expansion import (
 from adept_components.importance import (
     LayerProfile,
     check_profile_matches,
+    check_snr_applies,
     profile_layers,
     read_profile,
     select_layers,
@@ -90,8 +104,6 @@ from adept_components.precision import keep_trainable_in_fp32
 
 log = utils.get_logger("INFO")
 
-TRAINING_STATE_FILE = "training_state.pt"
-
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
@@ -104,14 +116,18 @@ class ResumePoint:
     Attributes:
         directory (Path): ``output_dir/checkpoints/step_N``.
         metadata (ExpansionMetadata | None): its expansion (None: not expanded).
-        reader (HFCheckpointer): reads its weights.
+        reader (HFCheckpointer): reads the weights the model is rebuilt from: the checkpoint's
+            own (a full checkpoint) or the base's (a trainable-only one).
         state (dict[str, Any]): the training state (step, optimizer, schedule, RNG, ...).
+        full (bool): the checkpoint is a complete HF model (``intermediate_checkpoints=full``);
+            otherwise it holds the trained tensors, loaded over the rebuilt base.
     """
 
     directory: Path
     metadata: ExpansionMetadata | None
     reader: HFCheckpointer
     state: dict[str, Any]
+    full: bool
 
 
 class AdeptCPTRecipe:
@@ -141,6 +157,7 @@ class AdeptCPTRecipe:
         self._order: tuple[int, list[int]] = (-1, [])  # (epoch, its chunk order)
         self.canary_base: dict[str, float] = {}
         self.canary_history: list[dict[str, float]] = []
+        self.gate: str | None = None  # where the forgetting gate was crossed
 
     # ------------------------------------------------------------------------------- setup
 
@@ -183,7 +200,7 @@ class AdeptCPTRecipe:
         reader = self.resume.reader if self.resume else self.checkpointer
         self.state = named_errors("checkpointer.checkpoint_dir", reader.load_state_dict)
         build = partial(tt_config.instantiate, plan.model)
-        metadata = self.resume.metadata if self.resume else None
+        metadata = self.resume.metadata if self.resume and self.resume.full else None
         with torch.device("meta"):
             model = expand_model(build, metadata) if metadata else build()
         family = self.architecture.family
@@ -194,6 +211,9 @@ class AdeptCPTRecipe:
             self.state,
             family,
         )
+        if plan.stage1.importance == "snr" and plan.stage1.selection == "probe":
+            named_errors("expansion.importance", check_snr_applies, model)
+        self.base_reference = base_reference(self.checkpointer)
         from_profile = plan.stage1.selection == "profile" and self.resume is None
         self.profile = self._read_profile(model) if from_profile else None
         del model
@@ -227,6 +247,15 @@ class AdeptCPTRecipe:
             f"domain corpus: {corpus.num_tokens:,} tokens in {len(self.dataset):,} chunks of "
             f"{corpus.max_seq_len}; method={self.method.name}; world size {self.world_size}"
         )
+        if isinstance(self.dataset, MixedText):
+            self._log(
+                "Mixture per epoch: "
+                + ", ".join(
+                    f"{s.source} {s.chunks:,} chunks ({s.chunks / len(self.dataset):.1%}, weight "
+                    f"{s.weight:g}; {s.available - s.chunks:,} of its chunks unused)"
+                    for s in self.dataset.shares
+                )
+            )
 
     # ----------------------------------------------------------------------------- stage 1
 
@@ -236,6 +265,8 @@ class AdeptCPTRecipe:
         if self.resume is not None:
             self.metadata = self.resume.metadata
             layers = self.resume.state["trainable_layers"]
+            if self.metadata is not None and not self.resume.full:
+                state = expand_state_dict(state, self.metadata)  # the trained tensors load later
             self._log(f"Resuming from {self.resume.directory}")
         else:
             sources = self._select_layers()
@@ -429,15 +460,22 @@ class AdeptCPTRecipe:
             paused = time.perf_counter()
             if decoupled and refresh.due(self.step) and self.step < train.max_steps:
                 self._refresh_scales()
-            if canary_every and self.step % canary_every == 0:
-                self._log_canary()
+            if canary_every and self.step % canary_every == 0 and self._log_canary():
+                break  # the forgetting gate: the checkpoint below is the last one
             due = train.save_every and self.step % train.save_every == 0
             if due and self.step < min(stop_at, train.max_steps):  # stop_at saves below
-                self.save_checkpoint(f"checkpoints/step_{self.step}", with_training_state=True)
+                self.save_resume_checkpoint()
             start += time.perf_counter() - paused
         progress.close()
-        if self.step < train.max_steps:  # stop_after_steps: leave a checkpoint to resume from
-            self.save_checkpoint(f"checkpoints/step_{self.step}", with_training_state=True)
+        if isinstance(self.dataset, MixedText):
+            read = self._tokens_by_source()
+            total = sum(read.values()) or 1
+            self._log(
+                "Tokens read by source: "
+                + ", ".join(f"{k} {v:,} ({v / total:.1%})" for k, v in read.items())
+            )
+        if self.step < train.max_steps:  # stop_after_steps or the gate: a checkpoint to resume
+            self.save_resume_checkpoint()
             return
         if canary_every and self.step % canary_every != 0:
             self._log_canary()
@@ -493,6 +531,19 @@ class AdeptCPTRecipe:
             rows.append(self.dataset[self._order[1][index]])
         return torch.stack(rows)
 
+    def _tokens_by_source(self) -> dict[str, int]:
+        """Tokens training has read from each source of a mixture, over every step so far."""
+        n, b = len(self.dataset), self.plan.train.batch_size
+        read = self.step * self.plan.train.grad_accum * self.world_size * b
+        counts = [0] * len(self.dataset.shares)
+        for epoch in range(math.ceil(read / n)):
+            order = epoch_order(n, self.plan.seed, epoch)[: read - epoch * n]
+            counts = [
+                a + c for a, c in zip(counts, self.dataset.count_by_source(order), strict=True)
+            ]
+        seq_len = self.dataset.info.max_seq_len
+        return {s.source: c * seq_len for s, c in zip(self.dataset.shares, counts, strict=True)}
+
     def _refresh_scales(self) -> None:
         """Re-score the units on the probe set and replace their LR scales (S2.2-S2.4)."""
         start = time.perf_counter()
@@ -542,7 +593,8 @@ class AdeptCPTRecipe:
             for name, batches in (self.canary or {}).items()
         }
 
-    def _log_canary(self) -> None:
+    def _log_canary(self) -> bool:
+        """Measure the canary and log it; True when it crossed a gate that stops the run."""
         start = time.perf_counter()
         losses = self._canary_losses()
         record = {"step": self.step, **{f"{k}_loss": v for k, v in losses.items()}}
@@ -561,11 +613,23 @@ class AdeptCPTRecipe:
             metrics = {f"canary/{k}": v for k, v in record.items() if k != "step"}
             metrics["canary/seconds"] = time.perf_counter() - start
             self.metric_logger.log_dict(metrics, step=self.step)
+        crossed = self.plan.canary.gate_crossed(losses["general"], self.canary_base["general"])
+        if crossed is not None:
+            stop = self.plan.canary.gate_action == "stop"
+            where = f"step {self.step}: {crossed}" + (", stopped" if stop else "")
+            self.gate = self.gate or where  # the first crossing is the one reported
+            if self.is_rank_zero:
+                log.warning(f"Forgetting gate crossed at {where}")
+            return stop
+        return False
 
     # -------------------------------------------------------------------------------- save
 
     def save_checkpoint(self, name: str = "final", with_training_state: bool = False) -> Path:
-        """Write an HF checkpoint (and, for resume, the training state), atomically, on rank 0.
+        """Write a complete HF checkpoint (and, for resume, the training state), on rank 0.
+
+        The full state dict is gathered on rank 0: the final checkpoint, and every ``step_N``
+        with ``intermediate_checkpoints=full``.
 
         Args:
             name (str): directory under ``output_dir``.
@@ -580,14 +644,8 @@ class AdeptCPTRecipe:
         train_state = None
         if with_training_state:
             train_state = {
-                "step": self.step,
-                "method": self.method.name,
-                "trainable_layers": self.trainable_layers,
+                **self._training_state(),
                 "optimizer": get_optimizer_state_dict(self.model, self.optimizer, options=options),
-                "scheduler": self.scheduler.state_dict(),
-                "canary_base": self.canary_base,
-                "canary_history": self.canary_history,
-                "rng": {"torch": torch.get_rng_state(), "python": random.getstate()},
                 # fp32 trainable weights, which the HF checkpoint rounds to the run's dtype
                 "fp32_weights": {
                     k: v for k, v in state.items() if v.is_floating_point() and v.dtype != self.dtype
@@ -595,7 +653,7 @@ class AdeptCPTRecipe:
             }  # fmt: skip
         if self.is_rank_zero:
             self.checkpointer.save(
-                {_clean(k): v for k, v in state.items()},
+                {clean_name(k): v for k, v in state.items()},
                 architecture_of(self.model),
                 name,
                 dtype=self.dtype,
@@ -605,26 +663,87 @@ class AdeptCPTRecipe:
                 if train_state
                 else None,
             )
-            seconds = time.perf_counter() - start  # gathering the state and writing it
-            self._log(f"Saved HF checkpoint to {path} in {seconds:.1f}s")
+        self._saved(path, start, "HF checkpoint")
+        return path
+
+    def save_resume_checkpoint(self) -> Path:
+        """``checkpoints/step_N``: what a resumed run needs, as ``intermediate_checkpoints`` says.
+
+        ``trainable`` (default): the trained tensors and their optimizer state, every rank its
+        own shard, beside a reference to the base checkpoint (``checkpointing.resume``).
+
+        Returns:
+            Path: the checkpoint directory.
+        """
+        name = f"checkpoints/step_{self.step}"
+        if self.plan.train.intermediate_checkpoints == "full":
+            return self.save_checkpoint(name, with_training_state=True)
+        path, start = self.output_dir / name, time.perf_counter()
+        info = TrainableCheckpointInfo(
+            step=self.step,
+            base_dir=str(self.checkpointer.checkpoint_dir),
+            base=self.base_reference,
+            num_layers=len(self.model.layers),
+            max_seq_len=self.model.max_seq_len,
+            dtype=str(self.dtype).removeprefix("torch."),
+            tensors=trainable_names(self.model),
+        )
+        save_trainable_checkpoint(
+            path,
+            self.model,
+            self.optimizer,
+            info,
+            self._training_state(),
+            extra_json=expansion_extra_json(self.metadata) if self.metadata else None,
+        )
+        self._saved(path, start, "resume checkpoint (trained tensors and optimizer state)")
+        return path
+
+    def _training_state(self) -> dict[str, Any]:
+        """Step, method, schedule and unit scales, canary record and RNG, for resume."""
+        return {
+            "step": self.step,
+            "method": self.method.name,
+            "trainable_layers": self.trainable_layers,
+            "scheduler": self.scheduler.state_dict(),
+            "canary_base": self.canary_base,
+            "canary_history": self.canary_history,
+            "rng": {"torch": torch.get_rng_state(), "python": random.getstate()},
+        }
+
+    def _saved(self, path: Path, start: float, what: str) -> None:
+        """Log a save's time (gathering and writing), then wait for every rank."""
+        if self.is_rank_zero:
+            seconds = time.perf_counter() - start
+            self._log(f"Saved {what} to {path} in {seconds:.1f}s")
             if self.metric_logger is not None:
                 self.metric_logger.log_dict({"save_seconds": seconds}, step=self.step)
         if self.distributed:
             dist.barrier()
-        return path
 
     def finish(self) -> None:
         """Final checkpoint, unit-scale picture, canary record and where everything is."""
-        if self.step < self.plan.train.max_steps and not self.plan.stage1.only:
+        stopped = self.step < self.plan.train.max_steps and not self.plan.stage1.only
+        if stopped and self.gate is None:
             self._log(
                 f"Stopped at step {self.step} of {self.plan.train.max_steps}; "
                 "resume_from_checkpoint=True continues"
             )
             return
-        final = self.save_checkpoint("final")
+        if stopped:  # by the forgetting gate: the checkpoint of that step is the result
+            final = self.output_dir / "checkpoints" / f"step_{self.step}"
+        else:
+            final = self.save_checkpoint("final")
         if not self.is_rank_zero:
             return
-        lines = [f"HF checkpoint: {final}"]
+        lines = (
+            [f"HF checkpoint: {final}"]
+            if not stopped
+            else [
+                f"Stopped by the forgetting gate at {self.gate}; its checkpoint: {final} "
+                f"(adept-cpt export {final} DIR for an HF model)"
+            ]
+        )
         if isinstance(self.scheduler, UnitScaledScheduler) and self.scheduler.history:
             picture = plot_scales(self.scheduler.history, self.output_dir / "unit_scales.png")
             lines.append(f"unit LR scales: {picture}")
@@ -632,7 +751,7 @@ class AdeptCPTRecipe:
             path = self.output_dir / "canary.json"
             write_text_atomically(path, json.dumps(self.canary_history, indent=2))
             lines.append(f"canary: {path}")
-            report = retention_from_canary(self.canary_history, self.output_dir)
+            report = retention_from_canary(self.canary_history, self.output_dir, gate=self.gate)
             general, domain = report["general"]["loss_delta"], report["domain"]["loss_delta"]
             lines.append(
                 f"retention: {self.output_dir / 'retention.md'} (+ .json, .png, canary.png); "
@@ -679,15 +798,29 @@ class AdeptCPTRecipe:
                 "output_dir to the run to resume"
             )
         base = self.architecture
-        metadata = load_expansion_metadata(directory)
-        reader = HFCheckpointer(str(directory), str(self.output_dir))
-        expected = dataclasses.replace(
-            base,
-            num_layers=metadata.num_layers if metadata else base.num_layers,
-            max_seq_len=reader.architecture.max_seq_len,
+        metadata = named_errors(
+            f"resume checkpoint {directory}", load_expansion_metadata, directory
         )
-        if reader.architecture != expected or (
-            metadata and metadata.base_num_layers != base.num_layers
+        full = not is_trainable_checkpoint(directory)
+        if full:
+            reader = HFCheckpointer(str(directory), str(self.output_dir))
+            depth, max_seq_len = reader.architecture.num_layers, reader.architecture.max_seq_len
+            same_base = reader.architecture == dataclasses.replace(
+                base, num_layers=depth, max_seq_len=max_seq_len
+            )
+        else:
+            reader = self.checkpointer
+            info = named_errors("resume_from_checkpoint", TrainableCheckpointInfo.read, directory)
+            named_errors("resume_from_checkpoint", check_trainable_files, directory, info)
+            named_errors(
+                "resume_from_checkpoint", check_base_reference, info.base, reader, str(directory)
+            )
+            depth, same_base = info.num_layers, True
+        expected_depth = metadata.num_layers if metadata else base.num_layers
+        if (
+            not same_base
+            or depth != expected_depth
+            or (metadata and metadata.base_num_layers != base.num_layers)
         ):
             raise ConfigError(
                 f"resume checkpoint {directory} is of another model than "
@@ -708,18 +841,28 @@ class AdeptCPTRecipe:
                 f"resume checkpoint {directory} was trained with method={state['method']}, the "
                 f"config says method={self.method.name}: resume with the run's own method"
             )
-        return ResumePoint(directory, metadata, reader, state)
+        return ResumePoint(directory, metadata, reader, state, full)
 
     def _load_training_state(self, resume: ResumePoint) -> None:
         """Optimizer, fp32 weights, schedule, step, canary record and RNG of the checkpoint."""
         state = resume.state
-        set_optimizer_state_dict(
-            self.model,
-            self.optimizer,
-            state["optimizer"],
-            options=StateDictOptions(full_state_dict=True),
-        )
-        if state.get("fp32_weights") and self.plan.fp32_trainable:
+        if not resume.full:
+            named_errors(
+                "resume_from_checkpoint",
+                load_trainable_checkpoint,
+                resume.directory,
+                self.model,
+                self.optimizer,
+                state,
+            )
+        else:
+            set_optimizer_state_dict(
+                self.model,
+                self.optimizer,
+                state["optimizer"],
+                options=StateDictOptions(full_state_dict=True),
+            )
+        if resume.full and state.get("fp32_weights") and self.plan.fp32_trainable:
             result = set_model_state_dict(
                 self.model,
                 state["fp32_weights"],
@@ -759,11 +902,6 @@ class AdeptCPTRecipe:
 def _instantiate(field: str, section: Any, **kwargs: Any) -> Any:
     """Build a config section's component; a user error names the section."""
     return named_errors(field, tt_config.instantiate, section, **kwargs)
-
-
-def _clean(key: str) -> str:
-    """A parameter name without the wrappers of activation checkpointing and compile."""
-    return key.replace("_checkpoint_wrapped_module.", "").replace("_orig_mod.", "")
 
 
 def recipe_main(argv: list[str]) -> None:

@@ -221,6 +221,9 @@ class OptimizerPlan:
         return cls(optimizer_cls, float(lr), kwargs)
 
 
+INTERMEDIATE_CHECKPOINTS = ("trainable", "full")
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainPlan:
     """Stage 2's loop: budget, batching, clipping, logging and saving.
@@ -234,6 +237,9 @@ class TrainPlan:
         clip_grad_norm (float | None): global gradient-norm clip of the trained weights.
         log_every (int): ``log_every_n_steps``.
         save_every (int): ``save_every_n_steps`` (0: only the final checkpoint).
+        intermediate_checkpoints (str): what a ``step_N`` checkpoint holds: ``trainable``
+            (the trained tensors, optimizer and schedule, over a reference to the base
+            checkpoint) or ``full`` (a complete HF directory as well). ``final`` is always full.
         activation_checkpointing (bool): ``enable_activation_checkpointing``.
         compile (bool): ``torch.compile`` the model.
         dataset (DictConfig): the domain corpus component.
@@ -250,6 +256,7 @@ class TrainPlan:
     clip_grad_norm: float | None = None
     log_every: int = 1
     save_every: int = 0
+    intermediate_checkpoints: str = "trainable"
     activation_checkpointing: bool = False
     compile: bool = False
     loss: DictConfig | None = None
@@ -268,6 +275,13 @@ class TrainPlan:
             isinstance(clip, bool) or not isinstance(clip, (int, float)) or not clip > 0
         ):
             raise ConfigError(f"clip_grad_norm={clip!r} must be a positive number or null")
+        contents = cfg.get("intermediate_checkpoints") or "trainable"
+        if contents not in INTERMEDIATE_CHECKPOINTS:
+            raise ConfigError(
+                f"intermediate_checkpoints={contents!r} must be one of "
+                f"{list(INTERMEDIATE_CHECKPOINTS)}: 'trainable' stores the trained tensors and "
+                "the optimizer state, 'full' also a complete HF model per step"
+            )
         if cfg.get("optimizer_in_bwd"):
             raise ConfigError(
                 "optimizer_in_bwd=True forces one learning rate on every parameter, which "
@@ -283,6 +297,7 @@ class TrainPlan:
             clip_grad_norm=None if clip is None else float(clip),
             log_every=1 if cfg.get("log_every_n_steps") is None else cfg.log_every_n_steps,
             save_every=cfg.get("save_every_n_steps") or 0,
+            intermediate_checkpoints=contents,
             activation_checkpointing=_bool(cfg, "enable_activation_checkpointing", False),
             compile=_bool(cfg, "compile", False),
             loss=cfg.get("loss"),
@@ -291,25 +306,42 @@ class TrainPlan:
 
 @dataclasses.dataclass(frozen=True)
 class CanaryPlan:
-    """The forgetting canary: held-out general and domain loss every N steps.
+    """The forgetting canary: held-out general and domain loss every N steps, and its gate.
 
     Attributes:
         every_n_steps (int): ``canary.every_n_steps`` (> 0; no plan when 0 or absent).
         batch_size (int): ``canary.batch_size``.
         general (DictConfig): ``canary.general``: a probe dataset of general text.
         domain (DictConfig): ``canary.domain``: a probe dataset of domain text.
+        gate_limit (float | None): ``canary.gate_limit``: the largest general loss increase
+            over the base model a canary may show (None: no gate).
+        gate_relative (bool): ``canary.gate_relative``: the limit is a fraction of the base
+            general loss (0.02: 2 %), not nats.
+        gate_action (str): ``canary.gate_action``: ``stop`` (save, say so, stop) or ``warn``.
     """
 
     every_n_steps: int
     general: DictConfig
     domain: DictConfig
     batch_size: int = 8
+    gate_limit: float | None = None
+    gate_relative: bool = False
+    gate_action: str = "stop"
 
     @classmethod
     def from_config(cls, cfg: DictConfig) -> CanaryPlan | None:
         section = cfg.get("canary")
+        limit = section.get("gate_limit") if section else None
         if not section or not section.get("every_n_steps"):
+            if limit is not None:
+                raise ConfigError(
+                    f"canary.gate_limit={limit} needs the canary: set canary.every_n_steps > 0 "
+                    "(the gate acts on its measurements)"
+                )
             return None
+        known = ("every_n_steps", "batch_size", "general", "domain", "gate_limit", "gate_relative",
+                 "gate_action")  # fmt: skip
+        _check_keys(section, "canary", known)
         every = check_int(section.every_n_steps, "canary.every_n_steps", minimum=0)
         for name in ("general", "domain"):
             if not isinstance(section.get(name), DictConfig):
@@ -318,7 +350,51 @@ class CanaryPlan:
                 )
         batch_size = 8 if section.get("batch_size") is None else section.batch_size
         check_int(batch_size, "canary.batch_size")
-        return cls(every, section.general, section.domain, batch_size)
+        if limit is not None and (
+            isinstance(limit, bool)
+            or not isinstance(limit, (int, float))
+            or not 0 < limit < math.inf
+        ):
+            raise ConfigError(
+                f"canary.gate_limit={limit!r} must be a positive number (nats of general loss "
+                "increase, or a fraction of the base loss with canary.gate_relative=true) or null"
+            )
+        action = section.get("gate_action") or "stop"
+        if action not in ("stop", "warn"):
+            raise ConfigError(f"canary.gate_action={action!r} must be 'stop' or 'warn'")
+        return cls(
+            every,
+            section.general,
+            section.domain,
+            batch_size,
+            gate_limit=None if limit is None else float(limit),
+            gate_relative=_bool(section, "gate_relative", False, "canary."),
+            gate_action=action,
+        )
+
+    def gate_crossed(self, general_loss: float, general_base: float) -> str | None:
+        """A sentence saying how far a canary crossed the gate, or None if it did not.
+
+        Args:
+            general_loss (float): the canary's general held-out loss.
+            general_base (float): the base model's.
+
+        Returns:
+            str | None: e.g. ``general loss +0.0612 nats over the base (limit 0.05 nats)``.
+        """
+        if self.gate_limit is None:
+            return None
+        increase = general_loss - general_base
+        if self.gate_relative:
+            if increase <= self.gate_limit * general_base:
+                return None
+            return (
+                f"general loss {increase / general_base:+.2%} over the base "
+                f"(limit {self.gate_limit:.2%})"
+            )
+        if increase <= self.gate_limit:
+            return None
+        return f"general loss {increase:+.4f} nats over the base (limit {self.gate_limit:g} nats)"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -423,12 +499,12 @@ class RunPlan:
         )
 
 
-def _bool(cfg: DictConfig, key: str, default: bool) -> bool:
+def _bool(cfg: DictConfig, key: str, default: bool, prefix: str = "") -> bool:
     value = cfg.get(key)
     if value is None:
         return default
     if not isinstance(value, bool):
-        raise ConfigError(f"{key}={value!r} must be true or false")
+        raise ConfigError(f"{prefix}{key}={value!r} must be true or false")
     return value
 
 

@@ -347,7 +347,7 @@ def write_retention_report(
 
 
 def retention_from_canary(
-    history: Sequence[Mapping[str, float]], out_dir: str | Path
+    history: Sequence[Mapping[str, float]], out_dir: str | Path, gate: str | None = None
 ) -> dict[str, Any]:
     """The training recipe's end-of-run report, from its canary records.
 
@@ -357,6 +357,8 @@ def retention_from_canary(
     Args:
         history (Sequence[Mapping]): ``canary.json`` records (``AdeptCPTRecipe.canary_history``).
         out_dir (str | Path): the run's output directory.
+        gate (str | None): where the forgetting gate was crossed (``canary.gate_limit``), marked
+            in the report.
 
     Returns:
         dict: the content written to ``retention.json``.
@@ -371,7 +373,8 @@ def retention_from_canary(
         general_adapted=last["general_loss"],
         domain_base=last["domain_base"],
         domain_adapted=last["domain_loss"],
-        metadata={"source": "canary", "step": last["step"]},
+        metadata={"source": "canary", "step": last["step"]}
+        | ({"forgetting_gate": f"crossed at {gate}"} if gate else {}),
     )
     write_retention_report(out_dir, report, history)
     return report.to_json()

@@ -1,4 +1,5 @@
-"""Layer and unit importance on general-domain probe data (spec S1.2, S1.3, S2.2)."""
+"""Layer and unit importance on general-domain probe data (spec S1.2, S1.3, S2.2), and the
+data-free weight SNR of Spectrum."""
 
 from adept_components.expansion import check_selected_layers
 from adept_components.importance.layer_importance import (
@@ -27,6 +28,13 @@ from adept_components.importance.profile import (
     read_profile,
     write_profile,
 )
+from adept_components.importance.snr import (
+    check_snr_applies,
+    matrix_snr,
+    module_snr,
+    snr_layer_scores,
+    spectrum_selection,
+)
 from adept_components.importance.unit_importance import unit_importance
 
 __all__ = [
@@ -42,16 +50,21 @@ __all__ = [
     "ModelIdentity",
     "check_profile_matches",
     "check_selected_layers",
+    "check_snr_applies",
     "grad_cumulative_importance",
     "layer_importance",
     "mask_out_importance",
     "mask_out_losses",
+    "matrix_snr",
     "model_identity",
+    "module_snr",
     "probe_loss",
     "profile_layers",
     "rank_importance",
     "read_profile",
     "select_layers",
+    "snr_layer_scores",
+    "spectrum_selection",
     "unit_importance",
     "write_profile",
 ]

@@ -41,12 +41,13 @@ from torch import nn
 from torchtune.data import CROSS_ENTROPY_IGNORE_IDX
 
 from adept_components.distributed import global_means, rank_share
+from adept_components.importance.snr import module_snr, snr_layer_scores
 from adept_components.losses import eval_mode, shift_labels
 from adept_components.progress import progress_bar
 
 Batch = tuple[torch.Tensor, torch.Tensor]
-ImportanceMethod = Literal["mask-out", "grad-cumulative", "rank"]
-IMPORTANCE_METHODS: tuple[str, ...] = ("mask-out", "grad-cumulative", "rank")
+ImportanceMethod = Literal["mask-out", "grad-cumulative", "rank", "snr"]
+IMPORTANCE_METHODS: tuple[str, ...] = ("mask-out", "grad-cumulative", "rank", "snr")
 # Supervised tokens per output-projection call: bounds the [n, vocab] logits (Qwen3's 151k
 # vocab: 1024 tokens -> 0.6 GB in fp32) without changing any result.
 _LOGIT_CHUNK = 1024
@@ -340,8 +341,8 @@ def layer_importance(
     Args:
         model (nn.Module): a torchtune ``TransformerDecoder``.
         batches (Sequence[Batch]): ``(tokens, labels)`` pairs, each [b, s].
-        method (str): ``"mask-out"`` (default, the paper's best), ``"grad-cumulative"`` or
-            ``"rank"``.
+        method (str): ``"mask-out"`` (default, the paper's best), ``"grad-cumulative"``,
+            ``"rank"`` or ``"snr"`` (Spectrum's weight SNR, data-free).
         group (dist.ProcessGroup | None): process group to share the batches over.
 
     Returns:
@@ -357,6 +358,8 @@ def layer_importance(
     if method == "rank":
         units = grad_cumulative_importance(model, batches, group).unit_scores
         return rank_importance(units, len(model.layers))
+    if method == "snr":  # data-free: the batches are not read
+        return snr_layer_scores(module_snr(model))
     raise ValueError(
         f"importance method={method!r} is not supported (choose one of {list(IMPORTANCE_METHODS)})"
     )

@@ -36,6 +36,7 @@ from adept_components.importance.layer_importance import (
     rank_importance,
     select_layers,
 )
+from adept_components.importance.snr import check_snr_applies, module_snr, snr_layer_scores
 from adept_components.models.architecture import architecture_of
 
 PROFILE_FILE = "layer_importance.json"
@@ -46,6 +47,7 @@ _SCORE_LABELS = {
     "mask-out": "I(l) = L̂(l) − L_base  (nats/token)",
     "grad-cumulative": "Σ|g·θ| over the layer / max",
     "rank": "1 − mean rank / L",
+    "snr": "mean over matrix kinds of SNR / its max",
 }
 
 
@@ -232,13 +234,28 @@ def profile_layers(
             f"importance method={method!r} is not supported "
             f"(choose one of {list(IMPORTANCE_METHODS)})"
         )
-    if method != "mask-out" and not score_units:
+    if method not in ("mask-out", "snr") and not score_units:
         raise ValueError(f"importance method={method!r} needs score_units=True")
     num_layers = len(model.layers)
     if not 1 <= k < num_layers:
         raise ValueError(
             f"k={k} layers to expand, but the model has {num_layers} layers "
             f"(valid: 1..{num_layers - 1})"
+        )
+    if method == "snr":  # data-free: no probe pass; the heatmap shows each matrix's SNR
+        check_snr_applies(model)
+        per_module = module_snr(model)
+        scores = snr_layer_scores(per_module)
+        return LayerProfile(
+            method=method,
+            layer_scores={"snr": scores},
+            selected_layers=select_layers(scores, k),
+            model=model_identity(model, checkpoint_dir),
+            data=data,
+            unit_scores={
+                layer: {f"{kind}.weight": v for kind, v in kinds.items()}
+                for layer, kinds in per_module.items()
+            },
         )
     losses = mask_out_losses(model, batches, group, progress)
     layer_scores = {"mask-out": losses.importance}
@@ -373,7 +390,10 @@ def _plot_unit_heatmap(profile: LayerProfile, path: Path) -> None:
     _label_layers(ax.set_yticks, ax.get_yticklabels, num_layers, profile.selected_layers)
     ax.set_xlabel("unit (parameter tensor)")
     ax.set_ylabel("layer (selected in red)")
-    ax.set_title(f"Unit importance mean(|θ|·mean|g|) — {profile.model.name}")
+    what = (
+        "Matrix SNR (Spectrum)" if profile.method == "snr" else "Unit importance mean(|θ|·mean|g|)"
+    )
+    ax.set_title(f"{what} — {profile.model.name}")
     fig.colorbar(image, ax=ax, label="unit score / its max over layers")
     fig.tight_layout()
     fig.savefig(path, format="png", dpi=120)

@@ -17,6 +17,7 @@ import transformers
 from conftest import tune_run
 from safetensors.torch import load_file
 
+from adept_components.checkpointing import export_hf, read_trainable_tensors
 from adept_components.config import asset_path
 from adept_components.expansion import ExpansionMetadata
 
@@ -262,8 +263,8 @@ def test_resume_gives_the_uninterrupted_run(tmp_path: Path, profile: Path) -> No
 
 def test_bf16_run_with_fp32_copies_resumes_exactly(tmp_path: Path) -> None:
     """dtype=bf16, trainable_dtype=fp32: the copies train in fp32, the HF checkpoint is bf16
-    with every non-copy weight the bf16 base's, and 6 steps straight == 3, resume, 3: the fp32
-    weights travel in the training state (the bf16 checkpoint alone would round them)."""
+    with every non-copy weight the bf16 base's, and 6 steps straight == 3, resume, 3: the
+    resume checkpoint holds the copies in fp32 (a bf16 checkpoint alone would round them)."""
     common = [
         "dtype=bf16",
         "trainable_dtype=fp32",
@@ -275,19 +276,21 @@ def test_bf16_run_with_fp32_copies_resumes_exactly(tmp_path: Path) -> None:
     run(tmp_path / "straight", *common)
     run(tmp_path / "resumed", *common, "stop_after_steps=3")
     step_3 = tmp_path / "resumed" / "checkpoints" / "step_3"
-    fp32 = torch.load(step_3 / "training_state.pt", weights_only=True)["fp32_weights"]
+    fp32 = read_trainable_tensors(step_3)
     meta = ExpansionMetadata.from_json(json.loads((step_3 / "adept_expansion.json").read_text()))
     assert {int(k.split(".")[1]) for k in fp32} == set(meta.copy_positions)
     assert all(v.dtype == torch.float32 for v in fp32.values())
-    saved = hf_tensors(step_3)
-    copy = meta.copy_positions[0]  # the HF checkpoint holds the fp32 weights, rounded
+    assert any(  # the fp32 weights hold more than their bf16 rounding
+        not torch.equal(v, v.to(torch.bfloat16).float()) for v in fp32.values()
+    )
+    exported = export_hf(step_3, tmp_path / "step_3_hf")  # a full HF model of that step
+    saved = hf_tensors(exported)
+    copy = meta.copy_positions[0]  # holds the fp32 weights, rounded
     assert torch.equal(
         saved[f"model.layers.{copy}.self_attn.q_proj.weight"],
         fp32[f"layers.{copy}.attn.q_proj.weight"].to(torch.bfloat16),
     )
-    assert any(  # the fp32 weights hold more than their bf16 rounding
-        not torch.equal(v, v.to(torch.bfloat16).float()) for v in fp32.values()
-    )
+    assert_originals_unchanged(saved, meta, torch.bfloat16)
     run(tmp_path / "resumed", *common, "resume_from_checkpoint=true")
 
     straight, resumed = losses(tmp_path / "straight"), losses(tmp_path / "resumed")
@@ -415,7 +418,7 @@ def test_nan_loss_stops_and_keeps_the_last_checkpoint(
     err = capsys.readouterr().err
     assert "loss is nan at step 6" in err and "checkpoints/step_4" in err
     assert "Traceback" not in err
-    assert (out / "checkpoints" / "step_4" / "model.safetensors").is_file()
+    assert (out / "checkpoints" / "step_4" / "resume.json").is_file()
     assert not (out / "final").exists()
 
 

@@ -178,7 +178,7 @@ def test_stop_on_a_save_step_saves_once_and_throughput_counts_training_only(
     overrides = ["max_steps=6", "save_every_n_steps=2", "stop_after_steps=4"]
     with caplog.at_level("INFO", logger=adept_cpt.log.name):
         run(out, "method=random", "unit_tuning.refresh_every=2", "canary.every_n_steps=0", *overrides)  # fmt: skip
-    saves = re.findall(r"Saved HF checkpoint to (\S+)", caplog.text)
+    saves = re.findall(r"Saved .*? to (\S+) in", caplog.text)
     assert saves == [str(out / "checkpoints" / "step_2"), str(out / "checkpoints" / "step_4")]
     log = next((out / "logs").glob("log_*.txt")).read_text()
     refresh = [float(v) for v in re.findall(r"refresh_seconds:(\S+)", log)]
@@ -186,7 +186,9 @@ def test_stop_on_a_save_step_saves_once_and_throughput_counts_training_only(
     assert len(re.findall(r"save_seconds:(\S+)", log)) == 2
     per_step = {int(m[1]): float(m[2]) for m in re.finditer(r"Step (\d+) \|.*?tokens_per_second:(\S+)", log)}  # fmt: skip
     step_tokens = 8 * 127  # batch 8 x (128 - 1) supervised tokens of the demo config
-    assert step_tokens / per_step[3] < 2.0  # the 3 s of re-scoring after step 2 is not in step 3
+    assert step_tokens / per_step[3] < 2.0, (
+        log
+    )  # the 3 s of re-scoring after step 2 is not in step 3
 
 
 @pytest.mark.slow
@@ -203,7 +205,7 @@ def test_kill_at_random_moments_leaves_loadable_checkpoints_and_resume_finishes(
 
     import torch
 
-    from adept_components.checkpointing import HFCheckpointer
+    from adept_components.checkpointing import TrainableCheckpointInfo, read_trainable_tensors
 
     overrides = [*QUICK, "max_steps=40", "save_every_n_steps=1"]
     rng = random.Random(0)
@@ -221,7 +223,8 @@ def test_kill_at_random_moments_leaves_loadable_checkpoints_and_resume_finishes(
         proc.wait()
         visible = [p for p in (out / "checkpoints").iterdir() if not p.name.startswith(".")]
         for step_dir in visible:
-            HFCheckpointer(str(step_dir), str(tmp_path)).load_state_dict()
+            info = TrainableCheckpointInfo.read(step_dir)
+            assert sorted(read_trainable_tensors(step_dir)) == sorted(info.tensors)
             torch.load(step_dir / "training_state.pt", weights_only=True)
         run(out, *overrides, "save_every_n_steps=0", "resume_from_checkpoint=true")
         assert (out / "final" / "model.safetensors").is_file()
