@@ -15,7 +15,6 @@ from safetensors.torch import load_file
 
 from adept_components.checkpointing import (
     TrainableCheckpointInfo,
-    export_hf,
     read_trainable_tensors,
 )
 from adept_components.cli import main as cli_main
