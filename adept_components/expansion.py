@@ -442,6 +442,35 @@ def freeze_all_but(model: nn.Module, trainable_layers: Sequence[int]) -> Trainab
     )
 
 
+def freeze_all_but_parameters(model: nn.Module, names: Sequence[str]) -> TrainableSummary:
+    """Make only the named parameters trainable (Spectrum's selected matrices).
+
+    Args:
+        model (nn.Module): a torchtune decoder.
+        names (Sequence[str]): parameter names (``layers.3.attn.q_proj.weight``).
+
+    Returns:
+        TrainableSummary: the layers holding a trained parameter and the counts.
+
+    Raises:
+        ValueError: a name the model does not have, or no name.
+    """
+    own = dict(model.named_parameters())
+    unknown = [name for name in names if name not in own]
+    if unknown or not names:
+        raise ValueError(f"parameters to train {unknown[:3] or '[]'} are not the model's")
+    model.requires_grad_(False)
+    for name in names:
+        own[name].requires_grad_(True)
+    layers = sorted({int(name.split(".")[1]) for name in names if name.startswith("layers.")})
+    params = list(model.parameters())
+    return TrainableSummary(
+        trainable_layers=tuple(layers),
+        trainable_params=sum(p.numel() for p in params if p.requires_grad),
+        total_params=sum(p.numel() for p in params),
+    )
+
+
 def expansion_extra_json(metadata: ExpansionMetadata) -> dict[str, dict[str, Any]]:
     """The ``extra_json`` argument of ``HFCheckpointer.save`` for an expanded model.
 

@@ -15,8 +15,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal
 
-Selection = Literal["probe", "uniform", "random"]
-SELECTIONS: tuple[str, ...] = ("probe", "uniform", "random")
+Selection = Literal["probe", "uniform", "random", "spectrum"]
+SELECTIONS: tuple[str, ...] = ("probe", "uniform", "random", "spectrum")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,7 +27,9 @@ class Method:
         name (str): the ``method`` value of the config.
         select (str | None): how stage 1 picks layers: ``"probe"`` (the k least critical on
             the general probe, spec S1.2-S1.3), ``"uniform"`` (evenly spaced, LLaMA-Pro),
-            ``"random"`` (k seeded at random); None picks none and every weight trains.
+            ``"random"`` (k seeded at random), ``"spectrum"`` (no layers: the top-SNR fraction
+            of each kind of weight matrix, ``expansion.spectrum_fraction``, data-free); None
+            picks none and every weight trains.
             ``expansion.layers`` (an explicit list) overrides the choice for any method that
             selects; ``expansion.profile`` (a saved probe) stands in for ``"probe"``.
         expand (bool): insert a function-preserving copy after each selected layer and train
@@ -57,12 +59,20 @@ class Method:
             raise ValueError(
                 f"method {self.name!r} expands or decouples but selects no layers: set select"
             )
+        if self.select == "spectrum" and (self.expand or self.decoupled):
+            raise ValueError(
+                f"method {self.name!r}: select='spectrum' picks matrices, not layers; it can "
+                "neither expand nor decouple"
+            )
 
     @property
-    def trains(self) -> Literal["copies", "selected", "all"]:
-        """What stage 2 trains: the copies, the selected original layers, or every weight."""
+    def trains(self) -> Literal["copies", "selected", "matrices", "all"]:
+        """What stage 2 trains: the copies, the selected original layers, the selected
+        original matrices (Spectrum), or every weight."""
         if self.expand:
             return "copies"
+        if self.select == "spectrum":
+            return "matrices"
         return "selected" if self.select is not None else "all"
 
     @property
@@ -103,6 +113,13 @@ METHODS: dict[str, Method] = {
             expand=True,
             decoupled=True,
             summary="k random copies, decoupled",
+        ),  # fmt: skip
+        Method(
+            "spectrum",
+            "spectrum",
+            expand=False,
+            decoupled=False,
+            summary="Spectrum: the top-SNR share of each kind of original matrix, one lr",
         ),  # fmt: skip
     )
 }

@@ -26,7 +26,10 @@ from torch import nn
 
 
 def keep_trainable_in_fp32(
-    model: nn.Module, trainable_layers: list[int] | None, compute_dtype: torch.dtype
+    model: nn.Module,
+    trainable_layers: list[int] | None,
+    compute_dtype: torch.dtype,
+    trainable_parameters: list[str] | None = None,
 ) -> list[nn.Module]:
     """Keep the trainable layers' weights in fp32 and compute them in ``compute_dtype``.
 
@@ -40,13 +43,20 @@ def keep_trainable_in_fp32(
             when every parameter trains (``method=full``): the whole model is then kept in fp32
             and run under autocast, torch's usual mixed precision.
         compute_dtype (torch.dtype): the run's dtype, in which matmuls keep running.
+        trainable_parameters (list[str] | None): when only some matrices train (Spectrum):
+            their names; the modules holding them are kept instead of whole layers.
 
     Returns:
         list[nn.Module]: the modules now holding fp32 weights.
     """
     if compute_dtype == torch.float32:
         return []
-    modules = [model] if trainable_layers is None else [model.layers[i] for i in trainable_layers]
+    if trainable_parameters is not None:
+        modules = [model.get_submodule(name.rsplit(".", 1)[0]) for name in trainable_parameters]
+    elif trainable_layers is None:
+        modules = [model]
+    else:
+        modules = [model.layers[i] for i in trainable_layers]
     device_type = next(model.parameters()).device.type
     for module in modules:
         with torch.no_grad():

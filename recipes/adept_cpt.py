@@ -83,6 +83,7 @@ from adept_components.expansion import (
     expand_state_dict,
     expansion_extra_json,
     freeze_all_but,
+    freeze_all_but_parameters,
     load_expansion_metadata,
     uniform_source_layers,
 )
@@ -90,9 +91,11 @@ from adept_components.importance import (
     LayerProfile,
     check_profile_matches,
     check_snr_applies,
+    module_snr,
     profile_layers,
     read_profile,
     select_layers,
+    spectrum_selection,
     unit_importance,
     write_profile,
 )
@@ -211,7 +214,9 @@ class AdeptCPTRecipe:
             self.state,
             family,
         )
-        if plan.stage1.importance == "snr" and plan.stage1.selection == "probe":
+        if plan.stage1.selection == "spectrum" or (
+            plan.stage1.importance == "snr" and plan.stage1.selection == "probe"
+        ):
             named_errors("expansion.importance", check_snr_applies, model)
         self.base_reference = base_reference(self.checkpointer)
         from_profile = plan.stage1.selection == "profile" and self.resume is None
@@ -280,7 +285,16 @@ class AdeptCPTRecipe:
         self.model = materialize(build, state, self.architecture.family, self.device, self.dtype)
         self.state = None
         self.trainable_layers: list[int] | None = None if layers is None else list(layers)
-        if self.trainable_layers is None:
+        self.trainable_matrices: list[str] | None = None
+        if self.plan.stage1.selection == "spectrum":
+            self.trainable_matrices = self._spectrum_matrices()
+            summary = freeze_all_but_parameters(self.model, self.trainable_matrices)
+            self._log(
+                f"Spectrum: {len(self.trainable_matrices)} matrices train (the top "
+                f"{self.plan.stage1.spectrum_fraction:.0%} by SNR of each kind), in layers "
+                f"{list(summary.trainable_layers)}"
+            )
+        elif self.trainable_layers is None:
             self.model.requires_grad_(True)
             total = sum(p.numel() for p in self.model.parameters())
             summary = f"trainable: {total:,} / {total:,} (100.00%)"
@@ -291,7 +305,22 @@ class AdeptCPTRecipe:
                 f"Expanded {self.metadata.base_num_layers} -> {self.metadata.num_layers} layers: "
                 f"copies of {list(self.metadata.source_layers)} at {self.metadata.copy_positions}"
             )
-        self._log(f"Trainable layers {self.trainable_layers or 'all'}; {summary}")
+        trained = (
+            "matrices listed above" if self.trainable_matrices else self.trainable_layers or "all"
+        )
+        self._log(f"Trainable layers {trained}; {summary}")
+
+    def _spectrum_matrices(self) -> list[str]:
+        """Spectrum's matrices: the top-SNR share of each kind, of the base weights.
+
+        A resumed run takes the list from its checkpoint (the trained weights' SNR differs).
+        """
+        if self.resume is not None:
+            return list(self.resume.state["trainable_matrices"])
+        start = time.perf_counter()
+        names = spectrum_selection(module_snr(self.model), self.plan.stage1.spectrum_fraction)
+        self._log(f"Scored the SNR of every weight matrix in {time.perf_counter() - start:.1f}s")
+        return names
 
     def _select_layers(self) -> list[int] | None:
         """The base layers to copy (or, for a method that does not expand, to train).
@@ -306,7 +335,7 @@ class AdeptCPTRecipe:
             "profile": self._probe_layers,
             "probe": self._probe_layers,
         }  # fmt: skip
-        if stage1.selection is None:
+        if stage1.selection in (None, "spectrum"):  # spectrum picks matrices (stage1)
             return None
         selected = list(selectors[stage1.selection]())
         self._log(f"Selected layers {selected} (k={stage1.k})")
@@ -369,7 +398,9 @@ class AdeptCPTRecipe:
         """Precision, distribute, then optimizer (one group per unit) -> LR schedule -> resume."""
         plan, train = self.plan, self.plan.train
         if plan.fp32_trainable:
-            kept = keep_trainable_in_fp32(self.model, self.trainable_layers, self.dtype)
+            kept = keep_trainable_in_fp32(
+                self.model, self.trainable_layers, self.dtype, self.trainable_matrices
+            )
             self._log(
                 f"Trainable weights in fp32 ({sum(p.numel() for m in kept for p in m.parameters()):,} "
                 f"parameters), computed in {plan.dtype} under autocast"
@@ -705,6 +736,7 @@ class AdeptCPTRecipe:
             "step": self.step,
             "method": self.method.name,
             "trainable_layers": self.trainable_layers,
+            "trainable_matrices": self.trainable_matrices,
             "scheduler": self.scheduler.state_dict(),
             "canary_base": self.canary_base,
             "canary_history": self.canary_history,

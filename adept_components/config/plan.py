@@ -39,7 +39,7 @@ REQUIRED_KEYS = ("output_dir", "seed", "device", "dtype", "model", "tokenizer", 
 COMPONENT_KEYS = ("model", "tokenizer", "checkpointer", "metric_logger", "dataset", "optimizer",
                   "lr_scheduler")  # fmt: skip
 # How stage 1 picks the layers: an explicit list, a saved profile, or the method's own way.
-LayerSelection = Literal["layers", "profile", "probe", "uniform", "random"]
+LayerSelection = Literal["layers", "profile", "probe", "uniform", "random", "spectrum"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,6 +56,8 @@ class Stage1Plan:
         probe (DictConfig | None): the ``probe`` dataset section, when the method reads it.
         probe_batch_size (int): ``probe_batch_size``.
         only (bool): ``stage1_only``: save the expanded model and stop.
+        spectrum_fraction (float): ``expansion.spectrum_fraction``: with ``spectrum``, the
+            share of each kind of weight matrix that trains (the top by SNR).
     """
 
     selection: LayerSelection | None
@@ -66,11 +68,13 @@ class Stage1Plan:
     probe: DictConfig | None = None
     probe_batch_size: int = 8
     only: bool = False
+    spectrum_fraction: float = 0.25
 
     @classmethod
     def from_config(cls, cfg: DictConfig, method: Method) -> Stage1Plan:
         expansion = cfg.expansion
-        _check_keys(expansion, "expansion", ("num_layers", "layers", "importance", "profile"))
+        known = ("num_layers", "layers", "importance", "profile", "spectrum_fraction")
+        _check_keys(expansion, "expansion", known)
         layers = expansion.get("layers")
         if layers is not None and not isinstance(layers, (list, ListConfig)):
             raise ConfigError(f"expansion.layers={layers!r} must be a list of layer indices")
@@ -87,7 +91,20 @@ class Stage1Plan:
         elif method.select == "probe" and profile:
             selection = "profile"
         k = len(layers) if layers else expansion.get("num_layers")
-        if selection not in (None, "layers"):
+        fraction = expansion.get("spectrum_fraction")
+        fraction = 0.25 if fraction is None else fraction
+        if selection == "spectrum":
+            k = 0
+            if (
+                isinstance(fraction, bool)
+                or not isinstance(fraction, (int, float))
+                or not (0 < fraction <= 1)
+            ):
+                raise ConfigError(
+                    f"expansion.spectrum_fraction={fraction!r} must be a number in (0, 1]: the "
+                    "share of each kind of weight matrix that trains (0.25: Spectrum-25)"
+                )
+        elif selection not in (None, "layers"):
             check_int(k, "expansion.num_layers", why=" (k, layers to expand)")
         if method.needs_probe_data and "probe" not in cfg:
             raise ConfigError(
@@ -103,6 +120,7 @@ class Stage1Plan:
             probe=cfg.probe if method.needs_probe_data else None,
             probe_batch_size=cfg.get("probe_batch_size") or 8,
             only=_bool(cfg, "stage1_only", False),
+            spectrum_fraction=float(fraction),
         )
 
     def check_depth(self, num_layers: int) -> None:
@@ -111,7 +129,7 @@ class Stage1Plan:
         Raises:
             ConfigError: k out of ``1..num_layers-1`` or a layer index out of range.
         """
-        if self.selection is None:
+        if self.selection in (None, "spectrum"):
             return
         if self.layers:
             try:

@@ -74,9 +74,10 @@ def check_snr_applies(model: nn.Module) -> None:
     kind, shape = min(shapes.items(), key=lambda item: min(item[1]))
     if min(shape) < MIN_SINGULAR_VALUES:
         raise ValueError(
-            f"expansion.importance=snr: the model's {kind} is {shape[0]}x{shape[1]}, "
+            f"weight SNR (expansion.importance=snr, method=spectrum): the model's {kind} is "
+            f"{shape[0]}x{shape[1]}, "
             f"{min(shape)} singular values, too few to estimate its noise (at least "
-            f"{MIN_SINGULAR_VALUES}): use expansion.importance=mask-out"
+            f"{MIN_SINGULAR_VALUES}): use expansion.importance=mask-out or another method"
         )
 
 
