@@ -61,7 +61,6 @@ from adept_components.checkpointing import (
     check_base_reference,
     check_state_dict_matches,
     check_trainable_files,
-    clean_name,
     is_trainable_checkpoint,
     load_trainable_checkpoint,
     save_trainable_checkpoint,
@@ -96,6 +95,7 @@ from adept_components.importance import (
     read_profile,
     select_layers,
     spectrum_selection,
+    unit_conflict,
     unit_importance,
     write_profile,
 )
@@ -103,6 +103,7 @@ from adept_components.losses import heldout_loss, shift_labels
 from adept_components.models import architecture_of
 from adept_components.models.tokenizers import vocabulary_size
 from adept_components.optim import UnitScaledScheduler, lr_scales, plot_scales, unit_optimizer
+from adept_components.optim.unit_groups import clean_param_name
 from adept_components.precision import keep_trainable_in_fp32
 
 log = utils.get_logger("INFO")
@@ -575,10 +576,25 @@ class AdeptCPTRecipe:
         seq_len = self.dataset.info.max_seq_len
         return {s.source: c * seq_len for s, c in zip(self.dataset.shares, counts, strict=True)}
 
+    def _domain_batches(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """A fixed sample of the domain corpus, as many batches as the probe has (conflict)."""
+        size = self.plan.stage1.probe_batch_size
+        count = len(self.probe_batches) * size
+        order = epoch_order(len(self.dataset), self.plan.seed + 1, 0)[:count]
+        rows = [self.dataset[i] for i in order]
+        return [
+            (torch.stack(rows[i : i + size]),) * 2 for i in range(0, len(rows), size)
+        ]  # packed text: every token is a label
+
     def _refresh_scales(self) -> None:
         """Re-score the units on the probe set and replace their LR scales (S2.2-S2.4)."""
         start = time.perf_counter()
-        scores = unit_importance(self.model, self.probe_batches, progress=self.is_rank_zero)
+        if self.plan.unit_tuning.scoring == "conflict":
+            scores = unit_conflict(
+                self.model, self.probe_batches, self._domain_batches(), progress=self.is_rank_zero
+            )
+        else:
+            scores = unit_importance(self.model, self.probe_batches, progress=self.is_rank_zero)
         scales = lr_scales(scores, **self.plan.unit_tuning.scale_options)
         self.scheduler.set_scales(scales, step=self.step)
         self._log(
@@ -684,7 +700,7 @@ class AdeptCPTRecipe:
             }  # fmt: skip
         if self.is_rank_zero:
             self.checkpointer.save(
-                {clean_name(k): v for k, v in state.items()},
+                {clean_param_name(k): v for k, v in state.items()},
                 architecture_of(self.model),
                 name,
                 dtype=self.dtype,

@@ -55,6 +55,7 @@ from adept_components.expansion import (
     expansion_extra_json,
     load_expansion_metadata,
 )
+from adept_components.optim.unit_groups import clean_param_name
 
 RESUME_FILE = "resume.json"
 TRAINING_STATE_FILE = "training_state.pt"
@@ -214,14 +215,9 @@ def is_trainable_checkpoint(directory: Path) -> bool:
     return (directory / RESUME_FILE).is_file()
 
 
-def clean_name(name: str) -> str:
-    """A parameter name without the wrappers of activation checkpointing and compile."""
-    return name.replace("_checkpoint_wrapped_module.", "").replace("_orig_mod.", "")
-
-
 def trainable_names(model: nn.Module) -> list[str]:
     """State-dict names of the parameters that train, in the model's order."""
-    return [clean_name(name) for name, p in model.named_parameters() if p.requires_grad]
+    return [clean_param_name(name) for name, p in model.named_parameters() if p.requires_grad]
 
 
 def save_trainable_checkpoint(

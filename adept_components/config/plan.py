@@ -143,6 +143,9 @@ class Stage1Plan:
             )
 
 
+SCORINGS = ("paper", "per_kind", "conflict")
+
+
 @dataclasses.dataclass(frozen=True)
 class UnitTuningPlan:
     """Stage 2's per-unit learning rates (spec S2.2-S2.4): ``unit_tuning``.
@@ -153,6 +156,10 @@ class UnitTuningPlan:
         min_scale (float): floor of every multiplier, in ``[0, 2]``.
         separate_norm_range (bool): normalise norm and matrix units separately.
         direction (str): ``general`` (the paper) or ``domain``.
+        scoring (str): ``paper`` (spec S2.2-S2.3: mean |θ|·|g| on the probe, min-max over all
+            units), ``per_kind`` (the same scores, normalised within each kind of unit across
+            the copies) or ``conflict`` (the negative part of the cosine between each unit's
+            domain and general gradients, ``unit_conflict``).
     """
 
     refresh_every: int = 500
@@ -160,6 +167,7 @@ class UnitTuningPlan:
     min_scale: float = 0.0
     separate_norm_range: bool = False
     direction: str = "general"
+    scoring: str = "paper"
 
     @classmethod
     def from_config(cls, cfg: DictConfig) -> UnitTuningPlan:
@@ -177,6 +185,10 @@ class UnitTuningPlan:
         scale = plan.min_scale
         if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 0 <= scale <= 2:
             raise ConfigError(f"unit_tuning.min_scale={scale!r} must be a number in [0, 2]")
+        if plan.scoring not in SCORINGS:
+            raise ConfigError(
+                f"unit_tuning.scoring={plan.scoring!r}; use one of {', '.join(SCORINGS)}"
+            )
         if plan.direction not in DIRECTIONS:
             raise ConfigError(
                 f"unit_tuning.direction={plan.direction!r}; use one of {', '.join(DIRECTIONS)}"
@@ -195,6 +207,7 @@ class UnitTuningPlan:
             "min_scale": self.min_scale,
             "separate_norm_range": self.separate_norm_range,
             "direction": self.direction,
+            "per_kind": self.scoring == "per_kind",
         }
 
 

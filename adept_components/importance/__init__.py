@@ -35,7 +35,7 @@ from adept_components.importance.snr import (
     snr_layer_scores,
     spectrum_selection,
 )
-from adept_components.importance.unit_importance import unit_importance
+from adept_components.importance.unit_importance import unit_conflict, unit_importance
 
 __all__ = [
     "HEATMAP_FILE",
@@ -65,6 +65,7 @@ __all__ = [
     "select_layers",
     "snr_layer_scores",
     "spectrum_selection",
+    "unit_conflict",
     "unit_importance",
     "write_profile",
 ]

@@ -331,3 +331,101 @@ def _rng_preserved() -> contextlib.AbstractContextManager[None]:
     """
     cuda = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
     return torch.random.fork_rng(devices=cuda, device_type="cuda")
+
+
+def unit_conflict(
+    model: nn.Module,
+    general: Sequence[Batch],
+    domain: Sequence[Batch],
+    units: Sequence[str] | None = None,
+    group: dist.ProcessGroup | None = None,
+    progress: bool = False,
+) -> dict[str, float]:
+    """How much the domain gradient of each unit opposes its general gradient, in [0, 1].
+
+    ``C_U = max(0, −cos(ḡ_domain,U, ḡ_general,U))``: the negative part of the cosine between
+    the unit's mean gradient on domain batches and on the general probe. A unit whose domain
+    step would raise the general loss scores up to 1, a neutral or agreeing one 0. As the
+    ``importance`` of ``lr_scales`` (``unit_tuning.scoring=conflict``), the units the domain
+    pushes against general competence learn slowest.
+
+    Like ``unit_importance`` it leaves no trace (gradients, modes, RNG restored). The mean
+    gradients are kept for the trained units (two parameter-sized fp32 buffers); under FSDP2
+    each rank keeps its shards (the gradient is linear in the batches, so FSDP's own
+    reduce-scatter gives the sum) and the three per-unit sums are all-reduced.
+
+    Args:
+        model (nn.Module): the decoder, as for ``unit_importance``.
+        general (Sequence[Batch]): the general probe batches.
+        domain (Sequence[Batch]): domain batches (a fixed sample of the training corpus).
+        units (Sequence[str] | None): as for ``unit_importance``.
+        group (dist.ProcessGroup | None): as for ``unit_importance``.
+        progress (bool): show a bar.
+
+    Returns:
+        dict[str, float]: unit name -> conflict in [0, 1] (0 for a unit without gradient).
+    """
+    _check_batches(model, general)
+    _check_batches(model, domain)
+    chosen = _unit_params(model, units)
+    mean_general = _mean_gradients(model, general, chosen, group, progress, "general")
+    mean_domain = _mean_gradients(model, domain, chosen, group, progress, "domain")
+    device = _device(model)
+    sums = torch.zeros(len(chosen), 3, dtype=torch.float64, device=device)
+    for i, (a, b) in enumerate(zip(mean_domain, mean_general, strict=True)):
+        a, b = a.double(), b.double()
+        sums[i] = torch.stack([(a * b).sum(), (a * a).sum(), (b * b).sum()])
+    if rank_and_world(group)[1] > 1 and any(isinstance(p, DTensor) for _, _, p in chosen):
+        dist.all_reduce(sums, group=group)  # shards of the same tensors: add the pieces
+    out = {}
+    for (name, _, _), (dot, aa, bb) in zip(chosen, sums.tolist(), strict=True):
+        norm = math.sqrt(aa * bb)
+        out[name] = max(0.0, -dot / norm) if norm > 0 else 0.0
+    return out
+
+
+def _mean_gradients(
+    model: nn.Module,
+    batches: Sequence[Batch],
+    chosen: list[_Unit],
+    group: dist.ProcessGroup | None,
+    progress: bool,
+    what: str,
+) -> list[torch.Tensor]:
+    """Each unit's gradient summed over this rank's batches (token-mean loss per batch).
+
+    Under FSDP2 the backward's reduce-scatter adds the ranks' batches: each rank then holds its
+    shard of the sum over all batches. Scale does not matter to the cosine.
+    """
+    sharded = any(isinstance(param, DTensor) for _, _, param in chosen)
+    rank, world = rank_and_world(group)
+    steps = math.ceil(len(batches) / world) if sharded else None
+    device = _device(model)
+    saved_grads = [(param, param.grad) for param in model.parameters()]
+    try:
+        for param, _ in saved_grads:
+            param.grad = None
+        passes = list(_rank_passes(batches, rank, world, steps))
+        bar = progress_bar(len(passes), f"unit conflict ({what} batch)", progress)
+        with eval_mode(model), _rng_preserved(), torch.enable_grad(), bar:
+            for (tokens, labels), counts in passes:
+                bar.update()
+                num_supervised = int((shift_labels(labels) != CROSS_ENTROPY_IGNORE_IDX).sum())
+                counts = counts and num_supervised > 0
+                if not counts and steps is None:
+                    continue
+                loss_sum = _loss_sum(model, tokens.to(device), labels.to(device))
+                loss = loss_sum / num_supervised if counts else loss_sum * 0.0
+                loss.backward()
+        out = []
+        for _, _, param in chosen:
+            grad = param.grad
+            if grad is None:
+                out.append(torch.zeros((), device=device))
+                continue
+            local = grad.to_local() if isinstance(grad, DTensor) else grad
+            out.append(local.detach().float().clone())
+        return out
+    finally:
+        for param, grad in saved_grads:
+            param.grad = grad

@@ -34,6 +34,7 @@ import copy
 import dataclasses
 import difflib
 import math
+import re
 from collections.abc import Mapping
 from typing import Any, Literal
 
@@ -54,6 +55,7 @@ def lr_scales(
     min_scale: float = 0.0,
     separate_norm_range: bool = False,
     direction: Direction = "general",
+    per_kind: bool = False,
 ) -> dict[str, float]:
     """Learning-rate multipliers from unit importance (spec S2.3).
 
@@ -77,6 +79,11 @@ def lr_scales(
             kind over its own ``lo``/``hi`` (``unit_kind``), so tiny norm scales and large
             matrices are not ranked on one axis.
         direction (str): ``"general"`` or ``"domain"``.
+        per_kind (bool): normalise within each kind of unit across the copies (every
+            ``attn.q_proj.weight`` together, every ``sa_norm.scale`` together, ...), so that
+            every kind spans ``[min_scale, 2]`` instead of the norms taking the top of one
+            shared range (``unit_tuning.scoring=per_kind``). Overrides
+            ``separate_norm_range``.
 
     Returns:
         dict[str, float]: unit name -> multiplier, in the order of ``importance``.
@@ -95,7 +102,12 @@ def lr_scales(
     if direction not in DIRECTIONS:
         raise ValueError(f"direction={direction!r} is not one of {list(DIRECTIONS)}")
     scores = {name: float(score) for name, score in importance.items()}
-    if not separate_norm_range:
+    if per_kind:
+        scales = {}
+        for kind in dict.fromkeys(_within_layer(name) for name in scores):
+            subset = {name: s for name, s in scores.items() if _within_layer(name) == kind}
+            scales.update(_scales_over(subset, min_scale, direction))
+    elif not separate_norm_range:
         scales = _scales_over(scores, min_scale, direction)
     else:
         scales = {}
@@ -117,6 +129,11 @@ def _scales_over(scores: dict[str, float], min_scale: float, direction: str) -> 
             scale = 2.0 * (1.0 - relative) if direction == "general" else 2.0 * relative
         out[name] = max(scale, min_scale)
     return out
+
+
+def _within_layer(name: str) -> str:
+    """``layers.27.attn.q_proj.weight`` -> ``attn.q_proj.weight``: the unit's kind."""
+    return re.sub(r"^layers\.\d+\.", "", name)
 
 
 def _is_finite(value: Any) -> bool:
