@@ -32,7 +32,7 @@ from adept_components.expansion import (
     expand_state_dict,
     freeze_all_but,
 )
-from adept_components.importance import unit_importance
+from adept_components.importance import unit_conflict, unit_importance
 
 META = ExpansionMetadata(base_num_layers=4, source_layers=(1, 3))
 COPIES = META.copy_positions  # [2, 5]
@@ -350,3 +350,48 @@ def test_fsdp2_two_ranks_equal_one_process(qwen3_dir: Path, tmp_path: Path) -> N
             assert_scores_close(got["scores"], single, rel=1e-6)
     # Sanity: one rank's share alone scores differently, so the all-reduce mattered.
     assert unit_importance(model, batches[0::2]) != pytest.approx(single, rel=1e-3)
+
+
+def _conflict_worker(rank: int, world: int, init_file: str, directory: str, out_dir: str) -> None:
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    torch.set_num_threads(1)
+    init_gloo(rank, world, init_file)
+    try:
+        saved = torch.load(Path(out_dir) / "case.pt", weights_only=True)
+        mesh = init_device_mesh("cpu", (world,))
+        model = expanded_model(Path(directory), saved["state"])
+        for layer in model.layers:
+            fully_shard(layer, mesh=mesh)
+        fully_shard(model, mesh=mesh)
+        scores = unit_conflict(model, saved["batches"], saved["domain"])
+        kept = all(p.grad is None for p in model.parameters())
+        torch.save({"scores": scores, "kept": kept}, Path(out_dir) / f"conflict{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_fsdp2_conflict_scores_on_two_ranks_equal_one_process(
+    qwen3_dir: Path, tmp_path: Path
+) -> None:
+    """unit_tuning.scoring=conflict under FSDP2: the ranks' shards give the one-process cosines."""
+    model = expanded_model(qwen3_dir)
+    batches, domain = _dist_probe(), probe(batch_size=DIST_BATCH_SIZE, seed=5)
+    torch.save(
+        {"state": model.state_dict(), "batches": batches, "domain": domain}, tmp_path / "case.pt"
+    )
+    mp.spawn(
+        _conflict_worker,
+        args=(2, str(tmp_path / "init"), str(qwen3_dir), str(tmp_path)),
+        nprocs=2,
+        join=True,
+    )
+    single = unit_conflict(model, batches, domain)
+    assert any(score > 0 for score in single.values())
+    for rank in range(2):
+        got = torch.load(tmp_path / f"conflict{rank}.pt", weights_only=True)
+        assert got["kept"], rank
+        assert list(got["scores"]) == list(single)
+        for name, score in single.items():
+            assert got["scores"][name] == pytest.approx(score, abs=1e-6), (rank, name)
