@@ -93,6 +93,7 @@ from adept_components.importance import (
     module_snr,
     profile_layers,
     read_profile,
+    row_importance,
     select_layers,
     spectrum_selection,
     unit_conflict,
@@ -103,6 +104,7 @@ from adept_components.losses import heldout_loss, shift_labels
 from adept_components.models import architecture_of
 from adept_components.models.tokenizers import vocabulary_size
 from adept_components.optim import UnitScaledScheduler, lr_scales, plot_scales, unit_optimizer
+from adept_components.optim.row_scales import RowLRScaler, row_lr_scales
 from adept_components.optim.unit_groups import clean_param_name
 from adept_components.precision import keep_trainable_in_fp32
 
@@ -442,6 +444,9 @@ class AdeptCPTRecipe:
         self.scheduler = (
             UnitScaledScheduler(self.optimizer, inner) if self.trainable_layers else inner
         )
+        self.row_scaler = None
+        if self.method.decoupled and self.plan.unit_tuning.units == "rows":
+            self.row_scaler = RowLRScaler(self.model, self.optimizer)
         if self.resume is not None:
             self._load_training_state(self.resume)
         elif self.canary:
@@ -589,14 +594,27 @@ class AdeptCPTRecipe:
     def _refresh_scales(self) -> None:
         """Re-score the units on the probe set and replace their LR scales (S2.2-S2.4)."""
         start = time.perf_counter()
-        if self.plan.unit_tuning.scoring == "conflict":
-            scores = unit_conflict(
-                self.model, self.probe_batches, self._domain_batches(), progress=self.is_rank_zero
+        tuning = self.plan.unit_tuning
+        if self.row_scaler is not None:  # rows as units: groups at scale 1, rows rescaled
+            rows = row_lr_scales(
+                row_importance(self.model, self.probe_batches, progress=self.is_rank_zero),
+                tuning.min_scale,
+                tuning.direction,
+                per_kind=tuning.scoring == "per_kind",
             )
+            self.row_scaler.set_scales(rows)
+            self.scheduler.set_scales(dict.fromkeys(rows, 1.0), step=self.step)
+            scales = {name: float(r.mean()) for name, r in rows.items()}  # logged: row means
         else:
-            scores = unit_importance(self.model, self.probe_batches, progress=self.is_rank_zero)
-        scales = lr_scales(scores, **self.plan.unit_tuning.scale_options)
-        self.scheduler.set_scales(scales, step=self.step)
+            if tuning.scoring == "conflict":
+                batches = self._domain_batches()
+                scores = unit_conflict(
+                    self.model, self.probe_batches, batches, progress=self.is_rank_zero
+                )
+            else:
+                scores = unit_importance(self.model, self.probe_batches, progress=self.is_rank_zero)
+            scales = lr_scales(scores, **tuning.scale_options)
+            self.scheduler.set_scales(scales, step=self.step)
         self._log(
             f"Refreshed {len(scales)} unit scales at step {self.step} in {time.perf_counter() - start:.1f}s"
         )
@@ -754,6 +772,7 @@ class AdeptCPTRecipe:
             "trainable_layers": self.trainable_layers,
             "trainable_matrices": self.trainable_matrices,
             "scheduler": self.scheduler.state_dict(),
+            "row_scales": self.row_scaler.state_dict() if self.row_scaler else None,
             "canary_base": self.canary_base,
             "canary_history": self.canary_history,
             "rng": {"torch": torch.get_rng_state(), "python": random.getstate()},
@@ -922,6 +941,8 @@ class AdeptCPTRecipe:
                     f"({sorted(result.unexpected_keys)[:3]} ...): resume with the run's own config"
                 )
         self.scheduler.load_state_dict(state["scheduler"])
+        if self.row_scaler is not None and state.get("row_scales"):
+            self.row_scaler.load_state_dict(state["row_scales"])
         self.step = state["step"]
         self.canary_base = state["canary_base"]
         self.canary_history = state["canary_history"]

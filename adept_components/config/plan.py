@@ -160,6 +160,8 @@ class UnitTuningPlan:
             units), ``per_kind`` (the same scores, normalised within each kind of unit across
             the copies) or ``conflict`` (the negative part of the cosine between each unit's
             domain and general gradients, ``unit_conflict``).
+        units (str): ``tensor`` (each parameter tensor is a unit, spec S2.1) or ``rows`` (every
+            row of a matrix is a unit, its scale applied to its update, ``RowLRScaler``).
     """
 
     refresh_every: int = 500
@@ -168,6 +170,7 @@ class UnitTuningPlan:
     separate_norm_range: bool = False
     direction: str = "general"
     scoring: str = "paper"
+    units: str = "tensor"
 
     @classmethod
     def from_config(cls, cfg: DictConfig) -> UnitTuningPlan:
@@ -188,6 +191,13 @@ class UnitTuningPlan:
         if plan.scoring not in SCORINGS:
             raise ConfigError(
                 f"unit_tuning.scoring={plan.scoring!r}; use one of {', '.join(SCORINGS)}"
+            )
+        if plan.units not in ("tensor", "rows"):
+            raise ConfigError(f"unit_tuning.units={plan.units!r}; use tensor or rows")
+        if plan.units == "rows" and plan.scoring == "conflict":
+            raise ConfigError(
+                "unit_tuning.units=rows scores rows with scoring=paper or per_kind; conflict "
+                "scores whole tensors: set unit_tuning.units=tensor"
             )
         if plan.direction not in DIRECTIONS:
             raise ConfigError(

@@ -35,7 +35,11 @@ from adept_components.importance.snr import (
     snr_layer_scores,
     spectrum_selection,
 )
-from adept_components.importance.unit_importance import unit_conflict, unit_importance
+from adept_components.importance.unit_importance import (
+    row_importance,
+    unit_conflict,
+    unit_importance,
+)
 
 __all__ = [
     "HEATMAP_FILE",
@@ -61,6 +65,7 @@ __all__ = [
     "probe_loss",
     "profile_layers",
     "rank_importance",
+    "row_importance",
     "read_profile",
     "select_layers",
     "snr_layer_scores",

@@ -112,15 +112,57 @@ def unit_importance(
             name, naming no parameter or a frozen one; or the model has no trainable
             parameter (default ``units``).
     """
+    chosen, sums = _importance_sums(model, batches, units, group, progress, rows=False)
+    return {
+        name: float(total) / param.numel()
+        for (name, _, param), total in zip(chosen, sums, strict=True)
+    }
+
+
+def row_importance(
+    model: nn.Module,
+    batches: Sequence[Batch],
+    units: Sequence[str] | None = None,
+    group: dist.ProcessGroup | None = None,
+    progress: bool = False,
+) -> dict[str, torch.Tensor]:
+    """S2.2 importance at the granularity of rows (``unit_tuning.units=rows``).
+
+    Every row (output neuron) of a matrix is a unit: ``mean over the row of |θ| · mean_b |g_b|``;
+    a vector (a norm scale) stays one unit. Same pass, same guarantees as ``unit_importance``.
+
+    Returns:
+        dict[str, torch.Tensor]: unit tensor name -> float64 scores, ``[rows]`` for a matrix,
+        ``[1]`` for a vector, on CPU.
+    """
+    chosen, sums = _importance_sums(model, batches, units, group, progress, rows=True)
+    return {
+        name: (total / (param.shape[1] if param.dim() == 2 else param.numel())).cpu()
+        for (name, _, param), total in zip(chosen, sums, strict=True)
+    }
+
+
+def _importance_sums(
+    model: nn.Module,
+    batches: Sequence[Batch],
+    units: Sequence[str] | None,
+    group: dist.ProcessGroup | None,
+    progress: bool,
+    rows: bool,
+) -> tuple[list[_Unit], list[torch.Tensor]]:
+    """``Σ_elements |θ| · mean_b |g_b|`` per unit (per row of each matrix with ``rows``)."""
     _check_batches(model, batches)
     chosen = _unit_params(model, units)
     sharded = any(isinstance(param, DTensor) for _, _, param in chosen)
     rank, world = rank_and_world(group)
     steps = math.ceil(len(batches) / world) if sharded else None
     device = _device(model)
-    gradients = _ShardedUnitGradients(model, chosen) if sharded else _UnitGradients(chosen)
-    # [Σ_b Σ_elements |θ|·|g_b| per unit ..., batches counted]
-    totals = torch.zeros(len(chosen) + 1, dtype=torch.float64, device=device)
+    widths = [_width(param, rows) for _, _, param in chosen]
+    gradients = (
+        _ShardedUnitGradients(model, chosen, widths) if sharded else _UnitGradients(chosen, widths)
+    )
+    # [Σ_b Σ_elements |θ|·|g_b| per unit (or row) ..., batches counted]
+    totals = torch.zeros(sum(widths) + 1, dtype=torch.float64, device=device)
     saved_grads = [(param, param.grad) for param in model.parameters()]
     try:
         for param, _ in saved_grads:
@@ -143,10 +185,13 @@ def unit_importance(
         for param, grad in saved_grads:
             param.grad = grad
     per_batch, _ = global_means(totals, group)  # Σ_elements |θ| · mean_b |g_b|
-    return {
-        name: total / param.numel()
-        for (name, _, param), total in zip(chosen, per_batch, strict=True)
-    }
+    flat = torch.tensor(per_batch, dtype=torch.float64)
+    return chosen, list(torch.split(flat, widths))
+
+
+def _width(param: torch.Tensor, rows: bool) -> int:
+    """How many scores a unit tensor gets: its rows (a matrix, with ``rows``) or 1."""
+    return param.shape[0] if rows and param.dim() == 2 else 1
 
 
 _Unit = tuple[str, str, torch.Tensor]  # (unit name, raw parameter name, parameter)
@@ -228,13 +273,15 @@ def _loss_sum(model: nn.Module, tokens: torch.Tensor, labels: torch.Tensor) -> t
     return torch.stack(sums).sum()
 
 
-def _weighted_abs_sum(param: torch.Tensor, grad: torch.Tensor | None) -> torch.Tensor:
-    """``Σ_elements |θ| · |g|`` in float64 (0 for an unused tensor)."""
+def _weighted_abs_sum(param: torch.Tensor, grad: torch.Tensor | None, width: int) -> torch.Tensor:
+    """``Σ_elements |θ| · |g|`` in float64, ``[width]``: per row when ``width > 1``, else whole
+    (0 for an unused tensor)."""
     if grad is None:
-        return torch.zeros((), dtype=torch.float64, device=param.device)
-    return torch.sum(
-        grad.detach().float().abs() * param.detach().float().abs(), dtype=torch.float64
-    )
+        return torch.zeros(width, dtype=torch.float64, device=param.device)
+    product = grad.detach().float().abs() * param.detach().float().abs()
+    if width > 1:
+        return product.sum(dim=1, dtype=torch.float64)
+    return torch.sum(product, dtype=torch.float64).reshape(1)
 
 
 class _UnitGradients:
@@ -244,8 +291,9 @@ class _UnitGradients:
     without firing post-accumulate hooks such as an optimizer-in-backward's).
     """
 
-    def __init__(self, units: list[_Unit]) -> None:
+    def __init__(self, units: list[_Unit], widths: list[int]) -> None:
         self._params = [param for _, _, param in units]
+        self._widths = widths
 
     def __enter__(self) -> _UnitGradients:
         return self
@@ -256,8 +304,11 @@ class _UnitGradients:
     def weighted_abs_sums(self, loss: torch.Tensor) -> torch.Tensor:
         """[num_units] float64 sums for the batch whose loss is ``loss``."""
         grads = torch.autograd.grad(loss, self._params, allow_unused=True)
-        return torch.stack(
-            [_weighted_abs_sum(p, g) for p, g in zip(self._params, grads, strict=True)]
+        return torch.cat(
+            [
+                _weighted_abs_sum(p, g, w)
+                for p, g, w in zip(self._params, grads, self._widths, strict=True)
+            ]
         )
 
 
@@ -271,8 +322,10 @@ class _ShardedUnitGradients:
     sets the gradient to None, so FSDP's post-backward finds nothing to reduce-scatter.
     """
 
-    def __init__(self, model: nn.Module, units: list[_Unit]) -> None:
+    def __init__(self, model: nn.Module, units: list[_Unit], widths: list[int]) -> None:
         self._model = model
+        self._widths = widths
+        self._offsets = [sum(widths[:i]) for i in range(len(widths))]
         self._owners: list[tuple[nn.Module, str]] = []
         for _, raw, _ in units:
             module_path, _, attribute = raw.rpartition(".")
@@ -302,7 +355,7 @@ class _ShardedUnitGradients:
 
     def weighted_abs_sums(self, loss: torch.Tensor) -> torch.Tensor:
         """[num_units] float64 sums for the batch whose loss is ``loss``."""
-        self._sums = torch.zeros(len(self._owners), dtype=torch.float64, device=loss.device)
+        self._sums = torch.zeros(sum(self._widths), dtype=torch.float64, device=loss.device)
         torch.autograd.backward(loss, inputs=list(self._used.values()))
         self._used.clear()
         return self._sums
@@ -318,7 +371,8 @@ class _ShardedUnitGradients:
                 self._hooked[id(tensor)] = (tensor, handle)
 
     def _accumulate(self, index: int, tensor: torch.Tensor) -> None:
-        self._sums[index] += _weighted_abs_sum(tensor, tensor.grad)
+        start, width = self._offsets[index], self._widths[index]
+        self._sums[start : start + width] += _weighted_abs_sum(tensor, tensor.grad, width)
         tensor.grad = None
 
 

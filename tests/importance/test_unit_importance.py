@@ -32,7 +32,7 @@ from adept_components.expansion import (
     expand_state_dict,
     freeze_all_but,
 )
-from adept_components.importance import unit_conflict, unit_importance
+from adept_components.importance import row_importance, unit_conflict, unit_importance
 
 META = ExpansionMetadata(base_num_layers=4, source_layers=(1, 3))
 COPIES = META.copy_positions  # [2, 5]
@@ -125,6 +125,31 @@ def test_equals_naive_reference(qwen3_dir: Path) -> None:
     assert all(s > 0 for s in scores.values()), scores  # no unit trivially zero
     assert len(set(scores.values())) == len(scores)
     assert_scores_close(scores, naive_unit_importance(model, batches), rel=1e-6)
+
+
+def test_row_importance_equals_the_naive_reference_per_row(qwen3_dir: Path) -> None:
+    """unit_tuning.units=rows: each row's mean of |θ|·mean|g|; a vector stays one unit."""
+    model, batches = expanded_model(qwen3_dir), probe()
+    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    acc = {n: torch.zeros_like(p, dtype=torch.float64) for n, p in params.items()}
+    for tokens, labels in batches:
+        model.zero_grad(set_to_none=True)
+        logits = model(tokens)
+        F.cross_entropy(
+            logits[:, :-1].reshape(-1, VOCAB), labels[:, 1:].reshape(-1), ignore_index=IGNORE
+        ).backward()
+        for name, param in params.items():
+            acc[name] += param.grad.double().abs()
+    model.zero_grad(set_to_none=True)
+    rows = row_importance(model, batches)
+    assert list(rows) == list(params)
+    for name, param in params.items():
+        product = param.detach().double().abs() * acc[name] / len(batches)
+        want = product.mean(dim=1) if param.dim() == 2 else product.mean().reshape(1)
+        torch.testing.assert_close(rows[name], want, rtol=1e-6, atol=0)
+    whole = unit_importance(model, batches)  # a tensor's score is the mean of its rows'
+    for name in ("layers.2.attn.q_proj.weight", "layers.5.mlp.w2.weight"):
+        assert float(rows[name].mean()) == pytest.approx(whole[name], rel=1e-9)
 
 
 def test_units_subset_and_order(qwen3_dir: Path) -> None:
@@ -367,7 +392,10 @@ def _conflict_worker(rank: int, world: int, init_file: str, directory: str, out_
         fully_shard(model, mesh=mesh)
         scores = unit_conflict(model, saved["batches"], saved["domain"])
         kept = all(p.grad is None for p in model.parameters())
-        torch.save({"scores": scores, "kept": kept}, Path(out_dir) / f"conflict{rank}.pt")
+        rows = row_importance(model, saved["batches"])
+        torch.save(
+            {"scores": scores, "kept": kept, "rows": rows}, Path(out_dir) / f"conflict{rank}.pt"
+        )
     finally:
         dist.destroy_process_group()
 
@@ -375,7 +403,7 @@ def _conflict_worker(rank: int, world: int, init_file: str, directory: str, out_
 def test_fsdp2_conflict_scores_on_two_ranks_equal_one_process(
     qwen3_dir: Path, tmp_path: Path
 ) -> None:
-    """unit_tuning.scoring=conflict under FSDP2: the ranks' shards give the one-process cosines."""
+    """unit_tuning.scoring=conflict and units=rows under FSDP2: the one-process scores."""
     model = expanded_model(qwen3_dir)
     batches, domain = _dist_probe(), probe(batch_size=DIST_BATCH_SIZE, seed=5)
     torch.save(
@@ -388,6 +416,7 @@ def test_fsdp2_conflict_scores_on_two_ranks_equal_one_process(
         join=True,
     )
     single = unit_conflict(model, batches, domain)
+    single_rows = row_importance(model, batches)
     assert any(score > 0 for score in single.values())
     for rank in range(2):
         got = torch.load(tmp_path / f"conflict{rank}.pt", weights_only=True)
@@ -395,3 +424,5 @@ def test_fsdp2_conflict_scores_on_two_ranks_equal_one_process(
         assert list(got["scores"]) == list(single)
         for name, score in single.items():
             assert got["scores"][name] == pytest.approx(score, abs=1e-6), (rank, name)
+        for name, rows in single_rows.items():
+            torch.testing.assert_close(got["rows"][name], rows, rtol=1e-6, atol=0)

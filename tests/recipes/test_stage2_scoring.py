@@ -1,5 +1,5 @@
-"""unit_tuning.scoring through the recipe: per-kind scales span [0, 2] in every kind; conflict
-scores drive the scales."""
+"""unit_tuning.scoring and units through the recipe: per-kind scales span [0, 2] in every kind,
+conflict scores drive the scales, rows as units train and resume exactly."""
 
 from __future__ import annotations
 
@@ -35,3 +35,23 @@ def test_scoring_variants_set_the_unit_scales(tmp_path: Path, scoring: str) -> N
             assert sorted(w for n, w in values.items() if n.endswith(kind)) == [0.0, 2.0], kind
     else:
         assert min(values.values()) == 0.0 and max(values.values()) == 2.0
+
+
+def losses(out: Path) -> dict[int, float]:
+    text = "".join(p.read_text() for p in sorted((out / "logs").glob("log_*.txt")))
+    return {int(s): float(v) for s, v in re.findall(r"Step (\d+) \| loss:(\S+)", text)}
+
+
+def test_row_units_train_and_resume_exactly(tmp_path: Path) -> None:
+    """units=rows: the row scales travel in the resume checkpoint; 6 straight == 3 + 3."""
+    common = ["--config", "tiny_demo", "max_steps=6", "canary.every_n_steps=0",
+              "save_every_n_steps=0", "unit_tuning.refresh_every=2", "unit_tuning.units=rows"]  # fmt: skip
+    assert adept_cpt.main([*common, f"output_dir={tmp_path / 'straight'}"]) == 0
+    logged = scales(tmp_path / "straight")
+    assert sorted(logged) == [2, 4]  # per tensor, the mean of its row scales
+    assert all(0.0 <= w <= 2.0 for w in logged[2].values())
+    assert any(0.0 < w < 2.0 for w in logged[2].values())  # rows spread inside a tensor
+    resumed = [*common, f"output_dir={tmp_path / 'resumed'}"]
+    assert adept_cpt.main([*resumed, "stop_after_steps=3"]) == 0
+    assert adept_cpt.main([*resumed, "resume_from_checkpoint=true"]) == 0
+    assert losses(tmp_path / "resumed") == losses(tmp_path / "straight")
