@@ -31,6 +31,7 @@ def test_the_demo_plan() -> None:
         "min_scale": 0.0,
         "separate_norm_range": False,
         "direction": "general",
+        "per_kind": False,
     }
     assert p.canary is not None and p.canary.every_n_steps == 20
     assert p.seq_lens == {
@@ -82,11 +83,17 @@ def test_defaults_live_in_the_plan() -> None:
         (("method=adept_pro",), "method='adept_pro'; use one of adept, full, llama_pro"),
         (("+unit_tuning.refresh_evry=5",), "unit_tuning.refresh_evry is not a field of "
          "unit_tuning (fields: refresh_every, refresh_at_start, min_scale, separate_norm_range, "
-         "direction). Did you mean unit_tuning.refresh_every?"),
+         "direction, scoring, units). Did you mean unit_tuning.refresh_every?"),
         (("+expansion.num_layer=3",), "Did you mean expansion.num_layers?"),
         (("unit_tuning.min_scale=3",), "unit_tuning.min_scale=3 must be a number in [0, 2]"),
         (("unit_tuning.refresh_every=0",), "unit_tuning.refresh_every=0 must be a positive"),
         (("unit_tuning.direction=up",), "unit_tuning.direction='up'; use one of general, domain"),
+        (("unit_tuning.scoring=best",), "unit_tuning.scoring='best'; use one of paper, per_kind, conflict"),
+        (("unit_tuning.units=rows", "unit_tuning.scoring=conflict"), "unit_tuning.units=rows scores rows"),
+        (("canary.gate_limit=0",), "canary.gate_limit=0 must be a positive number"),
+        (("canary.gate_action=halt",), "canary.gate_action='halt' must be 'stop' or 'warn'"),
+        (("method=spectrum", "expansion.spectrum_fraction=1.5"), "expansion.spectrum_fraction=1.5 must be a number in (0, 1]"),
+        (("intermediate_checkpoints=some",), "intermediate_checkpoints='some' must be one of"),
         (("unit_tuning.refresh_at_start=3",), "unit_tuning.refresh_at_start=3 must be true or"),
         (("optimizer._component_=adept_components.optim.unit_optimizer",),
          "optimizer._component_: 'adept_components.optim.unit_optimizer' is <function"),

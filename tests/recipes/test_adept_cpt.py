@@ -474,20 +474,28 @@ def test_output_dir_that_is_a_file(tmp_path: Path, capsys: pytest.CaptureFixture
     assert target.read_text() == "not a directory"
 
 
+@pytest.mark.parametrize("contents", ["full", "trainable"])
 def test_resume_with_a_checkpoint_of_another_model(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], contents: str
 ) -> None:
     out = tmp_path / "run"
-    run(out, *FAST[:1], "stop_after_steps=2")
-    config_path = out / "checkpoints" / "step_2" / "config.json"
-    config = json.loads(config_path.read_text())
-    config["intermediate_size"] = 512
-    config_path.write_text(json.dumps(config))
+    form = f"intermediate_checkpoints={contents}"
+    run(out, *FAST[:1], "stop_after_steps=2", form)
+    name, key, value = (
+        ("config.json", "intermediate_size", 512)
+        if contents == "full"
+        else ("resume.json", "num_layers", 11)  # a depth the expansion does not give
+    )
+    record_path = out / "checkpoints" / "step_2" / name
+    record = json.loads(record_path.read_text())
+    record[key] = value
+    record_path.write_text(json.dumps(record))
     before = sorted(p.name for p in out.rglob("*"))
     with pytest.raises(SystemExit):
         adept_cpt.main(
-            ["--config", "tiny_demo", f"output_dir={out}", *FAST[:1], "resume_from_checkpoint=true"]
-        )
+            ["--config", "tiny_demo", f"output_dir={out}", *FAST[:1], form,
+             "resume_from_checkpoint=true"]
+        )  # fmt: skip
     assert "is of another model" in capsys.readouterr().err
     assert sorted(p.name for p in out.rglob("*")) == before
 

@@ -241,5 +241,5 @@ def test_the_recipe_starts_quietly(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert result.stderr.splitlines() == [
         "adept_cpt: error: method='nope'; use one of adept, full, llama_pro, no_stage1, "
-        "no_stage2, random"
+        "no_stage2, random, spectrum"
     ], result.stderr
