@@ -505,7 +505,8 @@ class AdeptCPTRecipe:
             start += time.perf_counter() - paused
         progress.close()
         if isinstance(self.dataset, MixedText):
-            read = self._tokens_by_source()
+            samples = self.step * train.grad_accum * self.world_size * train.batch_size
+            read = self.dataset.tokens_read(samples, self.plan.seed)
             total = sum(read.values()) or 1
             self._log(
                 "Tokens read by source: "
@@ -567,19 +568,6 @@ class AdeptCPTRecipe:
                 self._order = (epoch, epoch_order(n, self.plan.seed, epoch))
             rows.append(self.dataset[self._order[1][index]])
         return torch.stack(rows)
-
-    def _tokens_by_source(self) -> dict[str, int]:
-        """Tokens training has read from each source of a mixture, over every step so far."""
-        n, b = len(self.dataset), self.plan.train.batch_size
-        read = self.step * self.plan.train.grad_accum * self.world_size * b
-        counts = [0] * len(self.dataset.shares)
-        for epoch in range(math.ceil(read / n)):
-            order = epoch_order(n, self.plan.seed, epoch)[: read - epoch * n]
-            counts = [
-                a + c for a, c in zip(counts, self.dataset.count_by_source(order), strict=True)
-            ]
-        seq_len = self.dataset.info.max_seq_len
-        return {s.source: c * seq_len for s, c in zip(self.dataset.shares, counts, strict=True)}
 
     def _domain_batches(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """A fixed sample of the domain corpus, as many batches as the probe has (conflict)."""

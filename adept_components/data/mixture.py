@@ -26,6 +26,7 @@ import torch
 from torch.utils.data import Dataset
 
 from adept_components.data.encoder import Encoder
+from adept_components.data.order import epoch_order
 from adept_components.data.packed_text import CorpusInfo, PackedText, packed_text_dataset
 
 _SOURCE_KEYS = {
@@ -99,6 +100,23 @@ class MixedText(Dataset):
         for index in indices:
             counts[self.source_of(index)] += 1
         return counts
+
+    def tokens_read(self, samples: int, seed: int) -> dict[str, int]:
+        """Tokens per source in the first ``samples`` chunks of the training order.
+
+        Args:
+            samples (int): chunks read so far (steps x accumulation x ranks x batch).
+            seed (int): the run's seed (``epoch_order``'s).
+
+        Returns:
+            dict[str, int]: source -> tokens.
+        """
+        n, counts = len(self), [0] * len(self.shares)
+        for epoch in range(math.ceil(samples / n)):
+            order = epoch_order(n, seed, epoch)[: samples - epoch * n]
+            counts = [a + c for a, c in zip(counts, self.count_by_source(order), strict=True)]
+        seq_len = self.info.max_seq_len
+        return {s.source: c * seq_len for s, c in zip(self.shares, counts, strict=True)}
 
 
 def mixed_text_dataset(
