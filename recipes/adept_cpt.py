@@ -795,7 +795,8 @@ class AdeptCPTRecipe:
             [f"HF checkpoint: {final}"]
             if not stopped
             else [
-                f"Stopped by the forgetting gate at {self.gate}; its checkpoint: {final} "
+                f"Stopped by the forgetting gate, crossed at {self.gate.removesuffix(', stopped')}; "
+                f"the checkpoint of that step: {final} "
                 f"(adept-cpt export {final} DIR for an HF model)"
             ]
         )
