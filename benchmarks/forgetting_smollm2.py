@@ -417,7 +417,9 @@ _COLORS = {
 }
 
 
-_VARIANT_COLORS = ("olive", "cyan", "magenta", "black", "gold", "navy", "lime", "gray")
+_VARIANT_COLORS = ("olive", "cyan", "magenta", "black", "gold", "navy", "lime", "gray",
+                   "teal", "salmon", "indigo", "chocolate", "orchid", "darkkhaki")  # fmt: skip
+_VARIANT_MARKERS = ("s", "D", "^", "v", "P", "X")
 
 
 def plot_frontier(runs: list[dict[str, Any]], path: Path) -> None:
@@ -439,8 +441,9 @@ def plot_frontier(runs: list[dict[str, Any]], path: Path) -> None:
         for label, group in groups.items():
             group = sorted(group, key=lambda r: r["lr"])
             if group[0].get("variant"):  # ADEPT with one change: its own colour, square marks
-                color = _VARIANT_COLORS[variants.index(label) % len(_VARIANT_COLORS)]
-                style, marker = "--", "s"
+                index = variants.index(label)
+                color = _VARIANT_COLORS[index % len(_VARIANT_COLORS)]
+                style, marker = "--", _VARIANT_MARKERS[index // len(_VARIANT_COLORS) % 6]
             else:
                 color, style, marker = _COLORS.get(group[0]["method"], "gray"), "-", "o"
             xs, ys = [r["domain_gain"] for r in group], [r[key] for r in group]
