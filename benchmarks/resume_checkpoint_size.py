@@ -43,18 +43,23 @@ def run_dir_bytes(directory: Path) -> int:
     return sum(p.stat().st_size for p in directory.rglob("*") if p.is_file())
 
 
-def one_run(args: argparse.Namespace, name: str, overrides: list[str]) -> dict[str, Any]:
-    """Run the recipe, saving every step; bytes of ``step_2`` and the logged save times."""
-    out = CACHE / name
-    shutil.rmtree(out, ignore_errors=True)
-    argv = [
+def recipe_argv(args: argparse.Namespace, out: Path, overrides: list[str]) -> list[str]:
+    """The runs' shared command line: SmolLM2, four uniform copies, batch 1 x 256 tokens."""
+    return [
         "--config", "smollm2_135m_medical", f"output_dir={out}", f"data_dir={args.data_dir}",
         f"checkpointer.checkpoint_dir={args.model_dir}", "method=llama_pro",
         f"expansion.num_layers={K}", "batch_size=1", "model.max_seq_len=256",
         "tokenizer.max_seq_len=256", "dataset.max_seq_len=256", f"max_steps={args.steps}",
-        "save_every_n_steps=1", "canary.every_n_steps=0", "lr_scheduler.num_warmup_steps=1",
+        "canary.every_n_steps=0", "lr_scheduler.num_warmup_steps=1",
         f"dataset.cache_dir={CACHE / 'token_cache'}", *overrides,
     ]  # fmt: skip
+
+
+def one_run(args: argparse.Namespace, name: str, overrides: list[str]) -> dict[str, Any]:
+    """Run the recipe, saving every step; bytes of ``step_2`` and the logged save times."""
+    out = CACHE / name
+    shutil.rmtree(out, ignore_errors=True)
+    argv = recipe_argv(args, out, ["save_every_n_steps=1", *overrides])
     wall, messages = common.run_recipe(argv)
     rows = common.read_metric_log(out / "logs")
     saves = common.metric_values(rows, "save_seconds")
@@ -82,15 +87,8 @@ def check_resume(args: argparse.Namespace, run: dict[str, Any]) -> bool:
     shutil.rmtree(resumed, ignore_errors=True)
     (resumed / "checkpoints").mkdir(parents=True)
     shutil.copytree(out / "checkpoints" / "step_2", resumed / "checkpoints" / "step_2")
-    argv = [
-        "--config", "smollm2_135m_medical", f"output_dir={resumed}", f"data_dir={args.data_dir}",
-        f"checkpointer.checkpoint_dir={args.model_dir}", "method=llama_pro",
-        f"expansion.num_layers={K}", "batch_size=1", "model.max_seq_len=256",
-        "tokenizer.max_seq_len=256", "dataset.max_seq_len=256", f"max_steps={args.steps}",
-        "save_every_n_steps=0", "canary.every_n_steps=0", "lr_scheduler.num_warmup_steps=1",
-        f"dataset.cache_dir={CACHE / 'token_cache'}", *run["overrides"],
-        "resume_from_checkpoint=true",
-    ]  # fmt: skip
+    overrides = ["save_every_n_steps=0", *run["overrides"], "resume_from_checkpoint=true"]
+    argv = recipe_argv(args, resumed, overrides)
     common.run_recipe(argv)
     a, b = (
         load_file(str(out / "final" / "model.safetensors")),

@@ -26,6 +26,7 @@ import adept_components.quiet  # noqa: F401  (before torchtune, which imports to
 # isort: on
 
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -569,8 +570,10 @@ class AdeptCPTRecipe:
             rows.append(self.dataset[self._order[1][index]])
         return torch.stack(rows)
 
+    @functools.cached_property
     def _domain_batches(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """A fixed sample of the domain corpus, as many batches as the probe has (conflict)."""
+        """A fixed sample of the domain corpus, as many batches as the probe has (conflict);
+        built once, at the first refresh."""
         size = self.plan.stage1.probe_batch_size
         count = len(self.probe_batches) * size
         order = epoch_order(len(self.dataset), self.plan.seed + 1, 0)[:count]
@@ -595,7 +598,7 @@ class AdeptCPTRecipe:
             scales = {name: float(r.mean()) for name, r in rows.items()}  # logged: row means
         else:
             if tuning.scoring == "conflict":
-                batches = self._domain_batches()
+                batches = self._domain_batches
                 scores = unit_conflict(
                     self.model, self.probe_batches, batches, progress=self.is_rank_zero
                 )
