@@ -310,13 +310,16 @@ def test_bf16_run_with_fp32_copies_resumes_exactly(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_two_gloo_ranks_match_one_process(tmp_path: Path) -> None:
     """FSDP2 on two ranks with batch 4 each == one process accumulating two batches of 4
-    (which tokenizes the corpus itself, while the ranks share a token cache)."""
+    (which tokenizes the corpus itself, while the ranks share a token cache), with rows as
+    units: each rank rescales the update of its own rows (``Shard(0)``) by their scales."""
     common = [
         "max_steps=6",
         "batch_size=4",
         "save_every_n_steps=0",
         "unit_tuning.refresh_every=3",
+        "unit_tuning.units=rows",
         "canary.every_n_steps=3",
+        "expansion.layers=[3,5]",  # copies at 4 and 7; the probe's ranks are tested elsewhere
     ]
     run(tmp_path / "one", *common, "gradient_accumulation_steps=2")
     # The ranks share one tokenized corpus: LOCAL_RANK 0 writes it, rank 1 waits and maps it.
@@ -329,6 +332,18 @@ def test_two_gloo_ranks_match_one_process(tmp_path: Path) -> None:
     assert sorted(one) == sorted(two) == list(range(1, 7))
     for step in one:
         assert abs(one[step] - two[step]) <= 1e-4 * abs(one[step]), (step, one[step], two[step])
+    # The rows' scales are in use (their means, logged, are not all 1) and reach the same
+    # weights: a rank scaling another rank's rows would be off by lr * (s_i - s_j).
+    logged = [losses(tmp_path / "two", f"scale/layers.{p}.attn.q_proj.weight") for p in (4, 7)]
+    means = [scales[max(scales)] for scales in logged]
+    assert all(0.0 < m < 1.99 for m in means), means
+    one_final, two_final = (
+        hf_tensors(tmp_path / "one" / "final"),
+        hf_tensors(tmp_path / "two" / "final"),
+    )
+    assert one_final.keys() == two_final.keys()
+    for key, tensor in one_final.items():
+        assert torch.allclose(tensor, two_final[key], rtol=0, atol=2e-5), key
     assert (
         transformers.AutoModelForCausalLM.from_pretrained(
             tmp_path / "two" / "final"
