@@ -11,6 +11,7 @@ from pathlib import Path
 
 import adept_cpt
 import pytest
+from conftest import tune_run
 
 from adept_components.atomic import recover_directories
 from adept_components.config import asset_path
@@ -232,14 +233,25 @@ def test_kill_at_random_moments_leaves_loadable_checkpoints_and_resume_finishes(
 
 
 def test_the_recipe_starts_quietly(tmp_path: Path) -> None:
-    """torchao's notice about its C++ extensions is dropped; the refusal is the only line."""
+    """torchao's notice about its C++ extensions is dropped, also under ``tune run``, which
+    imports torchao before our code (the installed ``adept_cpt_quiet.pth`` filters it at
+    start-up); the refusal is the only line."""
+    import site
     import subprocess
     import sys
 
+    from adept_components.quiet import NOTICE
+
+    refusal = [
+        "adept_cpt: error: method='nope'; use one of adept, full, llama_pro, no_stage1, "
+        "no_stage2, random, spectrum"
+    ]
     cmd = [sys.executable, "-m", "adept_cpt", "--config", "tiny_demo", "method=nope"]
     result = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert result.returncode == 1
-    assert result.stderr.splitlines() == [
-        "adept_cpt: error: method='nope'; use one of adept, full, llama_pro, no_stage1, "
-        "no_stage2, random, spectrum"
-    ], result.stderr
+    assert result.stderr.splitlines() == refusal, result.stderr
+    result = tune_run(["adept_cpt", "--config", "tiny_demo", "method=nope"], tmp_path)
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == refusal, result.stderr
+    pth = [Path(d) / "adept_cpt_quiet.pth" for d in site.getsitepackages()]
+    assert any(NOTICE in p.read_text() for p in pth if p.is_file()), pth
