@@ -208,7 +208,7 @@ def test_kill_at_random_moments_leaves_loadable_checkpoints_and_resume_finishes(
 
     from adept_components.checkpointing import TrainableCheckpointInfo, read_trainable_tensors
 
-    overrides = [*QUICK, "max_steps=40", "save_every_n_steps=1"]
+    overrides = [*QUICK, "max_steps=24", "save_every_n_steps=1"]
     rng = random.Random(0)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     for trial in range(2):
@@ -233,12 +233,10 @@ def test_kill_at_random_moments_leaves_loadable_checkpoints_and_resume_finishes(
 
 
 def test_the_recipe_starts_quietly(tmp_path: Path) -> None:
-    """torchao's notice about its C++ extensions is dropped, also under ``tune run``, which
-    imports torchao before our code (the installed ``adept_cpt_quiet.pth`` filters it at
-    start-up); the refusal is the only line."""
+    """torchao's notice about its C++ extensions is dropped under ``tune run``, which imports
+    torchao before our code (the installed ``adept_cpt_quiet.pth`` filters it at start-up);
+    the refusal is the only line."""
     import site
-    import subprocess
-    import sys
 
     from adept_components.quiet import NOTICE
 
@@ -246,10 +244,6 @@ def test_the_recipe_starts_quietly(tmp_path: Path) -> None:
         "adept_cpt: error: method='nope'; use one of adept, full, llama_pro, no_stage1, "
         "no_stage2, random, spectrum"
     ]
-    cmd = [sys.executable, "-m", "adept_cpt", "--config", "tiny_demo", "method=nope"]
-    result = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 1
-    assert result.stderr.splitlines() == refusal, result.stderr
     result = tune_run(["adept_cpt", "--config", "tiny_demo", "method=nope"], tmp_path)
     assert result.returncode == 1
     assert result.stderr.splitlines() == refusal, result.stderr
