@@ -151,58 +151,45 @@ def pip_download(package: str, version: str, cache: Path) -> Path:
     return found[0]
 
 
+def fetch_optional(tool: str, args: list[str], target: Path, what: str, origin: str) -> Path | None:
+    """Run ``tool ARGS`` in ``target``'s directory to download ``target`` unless it is there.
+
+    Returns ``None``, with a warning, when the tool is missing, fails or writes nothing: the
+    sources fetched this way are optional.
+    """
+    if target.is_file():
+        return target
+    executable = shutil.which(tool)
+    if executable is None:
+        print(f"warning: {tool} not found; skipping {what}", file=sys.stderr)
+        return None
+    print(f"downloading {what} from {origin}", flush=True)
+    try:
+        subprocess.run(
+            [executable, *args], cwd=target.parent, check=True, stdout=subprocess.DEVNULL
+        )
+    except (OSError, subprocess.CalledProcessError) as error:
+        print(f"warning: {tool} {args[0]} {what} failed ({error}); skipping", file=sys.stderr)
+        return None
+    if not target.is_file():
+        print(f"warning: {tool} did not write {target.name}; skipping", file=sys.stderr)
+        return None
+    return target
+
+
 def npm_pack(package: str, version: str, cache: Path) -> Path | None:
     """``npm pack`` ``package@version`` into ``cache``; ``None`` (with a warning) if npm fails."""
     target = cache / f"{package.lstrip('@').replace('/', '-')}-{version}.tgz"
-    if target.is_file():
-        return target
-    npm = shutil.which("npm")
-    if npm is None:
-        print(f"warning: npm not found; skipping {package}@{version}", file=sys.stderr)
-        return None
-    print(f"downloading {package}@{version} from the npm registry", flush=True)
-    try:
-        subprocess.run(
-            [npm, "pack", "--silent", f"{package}@{version}"],
-            cwd=cache,
-            check=True,
-            stdout=subprocess.DEVNULL,
-        )
-    except (OSError, subprocess.CalledProcessError) as error:
-        print(f"warning: npm pack {package}@{version} failed ({error}); skipping", file=sys.stderr)
-        return None
-    if not target.is_file():
-        print(f"warning: npm pack did not write {target.name}; skipping", file=sys.stderr)
-        return None
-    return target
+    what = f"{package}@{version}"
+    return fetch_optional("npm", ["pack", "--silent", what], target, what, "the npm registry")
 
 
 def apt_download(package: str, version: str, cache: Path) -> Path | None:
     """``apt-get download`` ``package=version`` into ``cache``; ``None`` (with a warning) if
     apt-get is missing or fails."""
     target = cache / f"{package}_{version}_all.deb"
-    if target.is_file():
-        return target
-    apt = shutil.which("apt-get")
-    if apt is None:
-        print(f"warning: apt-get not found; skipping {package}={version}", file=sys.stderr)
-        return None
-    print(f"downloading {package}={version} from the Debian archive", flush=True)
-    try:
-        subprocess.run(
-            [apt, "download", "-q", f"{package}={version}"],
-            cwd=cache,
-            check=True,
-            stdout=subprocess.DEVNULL,
-        )
-    except (OSError, subprocess.CalledProcessError) as error:
-        print(f"warning: apt-get download {package}={version} failed ({error}); skipping",
-              file=sys.stderr)  # fmt: skip
-        return None
-    if not target.is_file():
-        print(f"warning: apt-get did not write {target.name}; skipping", file=sys.stderr)
-        return None
-    return target
+    what = f"{package}={version}"
+    return fetch_optional("apt-get", ["download", "-q", what], target, what, "the Debian archive")
 
 
 def deb_data_members(archive: Path, pattern: re.Pattern[str]) -> dict[str, bytes]:
