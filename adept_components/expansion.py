@@ -8,6 +8,11 @@ and ``mlp.w2`` (HF ``down_proj``), which are zero. A pre-norm block computes
 exactly ``0``, so the copy is the identity and the expanded model's logits equal the base
 model's bit for bit.
 
+Families whose branches end in a norm (Gemma 3's sandwich norms: ``h + norm(attn(norm(h)))``)
+start a copy differently (``copy_fills``): the post-branch norm gains are zero and the
+projections are the source's. Zeroed projections would also be exact at step 0, but the norm
+turns their first non-zero output into a full-strength branch after one update.
+
 Only the copies train (S1.5). Which layers are copies, and of which source, is an
 ``ExpansionMetadata`` record saved as ``adept_expansion.json`` beside every checkpoint and read
 back on resume. It is never inferred from zero weights: after one optimizer step the
@@ -39,11 +44,17 @@ from torch import nn
 from torchtune.modules import TransformerDecoder
 
 from adept_components.models.architecture import ModelArchitecture
+from adept_components.models.family import RESIDUAL_WRITERS, ModelFamily
 
 METADATA_FILENAME = "adept_expansion.json"
 METADATA_FORMAT_VERSION = 1
-# Tensors of a copy that start at zero: the two projections that write into the residual stream.
-ZERO_INIT_PREFIXES: tuple[str, ...] = ("attn.output_proj.", "mlp.w2.")
+# The spec's copy init (S1.4): the two projections that write into the residual stream are zero.
+ZERO_INIT_PREFIXES: tuple[str, ...] = RESIDUAL_WRITERS
+# How a copy starts: ``auto`` is the family's (``copy_fills``).
+COPY_INITS: tuple[str, ...] = ("auto", "zero_out_proj", "zero_post_norm")
+# Learning-rate multiplier of a zero_post_norm copy's gains (``gate_units``), measured on
+# Gemma 3 270M (BENCHMARKS.md, "Expansion under sandwich norms").
+GATE_LR_MULTIPLIER = 1.0
 _LAYER_KEY = re.compile(r"^layers\.(\d+)\.(.+)$")
 
 
@@ -294,7 +305,7 @@ def expand_model(
     """
     if isinstance(base, ModelArchitecture):
         _check_base_depth(base.num_layers, metadata)
-        return dataclasses.replace(base, num_layers=metadata.num_layers).build(max_seq_len)
+        return base.expanded(metadata.layer_sources).build(max_seq_len)
     if max_seq_len is not None:
         raise ValueError(
             "max_seq_len applies to a ModelArchitecture; a builder fixes its own "
@@ -311,7 +322,7 @@ def expand_model(
         if index in sources:
             # deepcopy's memo maps a shared module to itself, so it is not duplicated.
             expanded.append(copy.deepcopy(layer, memo={id(m): m for m in shared}))
-    model.layers = nn.ModuleList(expanded)
+    model.layers = nn.ModuleList(expanded)  # a copy keeps its source's window and RoPE
     # torchtune returns the hidden state *entering* layer i; the input of base layer i is
     # now the input of its new position (the copies are the identity at init).
     positions = metadata.original_positions
@@ -319,14 +330,86 @@ def expand_model(
     return model
 
 
+def resolve_copy_init(family: ModelFamily, copy_init: str = "auto") -> str:
+    """The copy init a family gets for ``expansion.copy_init``.
+
+    ``auto``: ``zero_post_norm`` where the family normalises each branch's output (Gemma's
+    sandwich norms), else the spec's ``zero_out_proj``. Why: a post-branch norm rescales
+    whatever the branch emits to full size, so with zeroed projections the copy is silent
+    only until the first update makes them non-zero, and then jumps to a full-strength
+    branch (+2.6 nats of general loss after one step on Gemma 3 270M). Zeroing the
+    post-norm gains instead keeps the copy exact and lets its output grow with its gains.
+
+    Args:
+        family (ModelFamily): the model's family record.
+        copy_init (str): ``auto``, ``zero_out_proj`` or ``zero_post_norm``.
+
+    Returns:
+        str: ``zero_out_proj`` or ``zero_post_norm``.
+
+    Raises:
+        ValueError: an unknown init, or ``zero_post_norm`` for a family without post-branch
+            norms.
+    """
+    if copy_init not in COPY_INITS:
+        raise ValueError(f"expansion.copy_init={copy_init!r}; use one of {', '.join(COPY_INITS)}")
+    if copy_init == "auto":
+        return "zero_post_norm" if family.post_branch_norms else "zero_out_proj"
+    if copy_init == "zero_post_norm" and not family.post_branch_norms:
+        raise ValueError(
+            f"expansion.copy_init=zero_post_norm needs norms on each branch's output, which "
+            f"{family.name} does not have: use zero_out_proj (or auto)"
+        )
+    return copy_init
+
+
+def copy_fills(family: ModelFamily, copy_init: str = "auto") -> dict[str, float]:
+    """What a copy's tensors start as: local-name prefix -> the value of every element.
+
+    Every tensor not named here is a clone of the source's.
+
+    Args:
+        family (ModelFamily): the model's family record.
+        copy_init (str): ``auto``, ``zero_out_proj`` or ``zero_post_norm``
+            (``resolve_copy_init``).
+
+    Returns:
+        dict[str, float]: ``{"attn.output_proj.": 0.0, "mlp.w2.": 0.0}`` (the spec) or, for
+        ``zero_post_norm``, each post-branch norm at gain zero (``{"sa_scale.": -1.0,
+        "mlp_scale.": -1.0}`` for Gemma's ``1 + w`` norms).
+    """
+    if resolve_copy_init(family, copy_init) == "zero_out_proj":
+        return dict.fromkeys(RESIDUAL_WRITERS, 0.0)
+    return {f"{name}.": -family.norm_gain_offset for name in family.post_branch_norms}
+
+
+def gate_units(family: ModelFamily, copy_positions: Sequence[int], copy_init: str) -> list[str]:
+    """The units that open a ``zero_post_norm`` copy: its post-branch norm gains.
+
+    Args:
+        family (ModelFamily): the model's family record.
+        copy_positions (Sequence[int]): the copies' layer indices.
+        copy_init (str): the init (``resolve_copy_init``); other inits have no gate units.
+
+    Returns:
+        list[str]: unit names, e.g. ``layers.9.sa_scale.scale``.
+    """
+    if resolve_copy_init(family, copy_init) != "zero_post_norm":
+        return []
+    return [f"layers.{i}.{name}.scale" for i in copy_positions for name in family.post_branch_norms]
+
+
 def expand_state_dict(
-    base_state: dict[str, torch.Tensor], metadata: ExpansionMetadata
+    base_state: dict[str, torch.Tensor],
+    metadata: ExpansionMetadata,
+    fills: dict[str, float] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Turn a torchtune-named base state dict into the expanded model's (spec S1.4).
 
     Base layer ``i`` becomes layer ``metadata.original_positions[i]``; the copy of a source
-    layer gets a fresh clone of each of its tensors, except those under
-    ``attn.output_proj.`` and ``mlp.w2.``, which are zeros of the same shape, dtype and device.
+    layer gets a fresh clone of each of its tensors, except those ``fills`` names, which are
+    filled with one value (default, the spec: ``attn.output_proj.`` and ``mlp.w2.`` are
+    zeros of the same shape, dtype and device; ``copy_fills`` gives a family's).
     Non-layer tensors (embeddings, final norm, output head) keep their names.
 
     Tensors of base layers and non-layer tensors are the input tensors themselves, re-keyed
@@ -339,6 +422,8 @@ def expand_state_dict(
         base_state (dict[str, torch.Tensor]): the base model's tensors in torchtune names
             (``HFCheckpointer.load_state_dict()``); not modified.
         metadata (ExpansionMetadata): the expansion.
+        fills (dict[str, float] | None): local-name prefix -> fill value of the copy's
+            tensors under it; None: the spec's zeroed output projections.
 
     Returns:
         dict[str, torch.Tensor]: the expanded model's tensors, in model order (each copy's
@@ -359,6 +444,7 @@ def expand_state_dict(
             f"metadata has base_num_layers={metadata.base_num_layers}: pass the base model's "
             "state dict (an expanded one cannot be expanded again)"
         )
+    fills = dict.fromkeys(ZERO_INIT_PREFIXES, 0.0) if fills is None else fills
     positions = metadata.original_positions
     sources = set(metadata.source_layers)
     out: dict[str, torch.Tensor] = {}
@@ -376,9 +462,9 @@ def expand_state_dict(
             out[f"layers.{positions[layer]}.{name}"] = value
         if layer in sources:
             for name, value in by_layer[layer]:
-                zero = name.startswith(ZERO_INIT_PREFIXES)
+                fill = next((v for p, v in fills.items() if name.startswith(p)), None)
                 out[f"layers.{positions[layer] + 1}.{name}"] = (
-                    torch.zeros_like(value) if zero else value.detach().clone()
+                    value.detach().clone() if fill is None else torch.full_like(value, fill)
                 )
     return out
 

@@ -6,6 +6,11 @@ position *is* (or ``CROSS_ENTROPY_IGNORE_IDX``); the logits at position ``t`` pr
 training step, the forgetting canary (spec "Paper's setups and results"), the evaluation and the
 S1.2/S2.2 probe. A held-out loss is a token mean: the sum of the losses of every supervised
 token of every batch (and rank), divided by their number, never a mean of per-batch means.
+
+``output_loss_sum`` is the one cross-entropy over whatever a model returns: logits, their
+chunks, or ``HiddenChunk`` s whose head the loss applies itself, a chunk at a time under
+activation checkpointing (``ChunkedHeadCrossEntropy``), so that a large vocabulary's whole
+logits never exist.
 """
 
 from __future__ import annotations
@@ -16,11 +21,13 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 from torchtune.data import CROSS_ENTROPY_IGNORE_IDX
-from torchtune.modules.loss import CEWithChunkedOutputLoss
 
 from adept_components.distributed import global_means, rank_share
+from adept_components.models.decoder import HiddenChunk
 from adept_components.progress import progress_bar
 
 # (model output: logits [b, s, v] or their chunks, targets [b, s]) -> token-mean loss (0-d)
@@ -84,8 +91,8 @@ def heldout_loss(
         batches (Sequence[tuple[torch.Tensor, torch.Tensor]]): ``(tokens, labels)`` pairs,
             each [b, s], from ``probe_batches``; the same list on every rank.
         loss_fn (LossFn | None): ``loss_fn(model(tokens), shift_labels(labels))``, a token mean
-            over the supervised targets, e.g. the training recipe's loss. Default: torchtune's
-            ``CEWithChunkedOutputLoss`` over the model's output chunks (one, unchunked).
+            over the supervised targets, e.g. the training recipe's loss. Default: the mean of
+            ``output_loss_sum`` over whatever the model returns.
         group (dist.ProcessGroup | None): process group to share the batches over; default:
             the world when ``torch.distributed`` is initialised.
         device (torch.device | None): where the batches go; default: the model's parameters'.
@@ -117,9 +124,91 @@ def heldout_loss(
     return global_means(totals, group)[0][0]
 
 
-def _chunked_cross_entropy(
-    output: torch.Tensor | list[torch.Tensor], targets: torch.Tensor
+def _head_cross_entropy_sum(
+    hidden: torch.Tensor, targets: torch.Tensor, head: Callable[[torch.Tensor], torch.Tensor]
 ) -> torch.Tensor:
-    """``CEWithChunkedOutputLoss`` for whatever the model returns: logits or their chunks."""
-    chunks = output if isinstance(output, list) else [output]  # each [b, s_chunk, v]
-    return CEWithChunkedOutputLoss(num_output_chunks=len(chunks))(chunks, targets)
+    """Summed cross-entropy of ``head(hidden)`` (upcast to fp32) over supervised targets."""
+    logits = head(hidden).float()  # [b, s_chunk, v]
+    return F.cross_entropy(
+        logits.flatten(0, 1),
+        targets.flatten(),
+        ignore_index=CROSS_ENTROPY_IGNORE_IDX,
+        reduction="sum",
+    )
+
+
+def output_loss_sum(output: Any, targets: torch.Tensor) -> torch.Tensor:
+    """Summed next-token cross-entropy over the supervised targets of a model's output.
+
+    Args:
+        output (Any): logits [b, s, v], a list of sequence chunks of them, or a list of
+            ``HiddenChunk`` s (a ``Decoder`` with ``defer_head``). A deferred chunk is
+            projected inside ``torch.utils.checkpoint`` when gradients flow, so its logits
+            are freed after the forward and recomputed in the backward.
+        targets (torch.Tensor): [b, s] from ``shift_labels``.
+
+    Returns:
+        torch.Tensor: 0-d fp32 sum over positions whose target is not ignored.
+    """
+    chunks = output if isinstance(output, list) else [output]
+    sums, start = [], 0
+    for chunk in chunks:
+        end = start + chunk.shape[1]
+        part = targets[:, start:end]
+        if not isinstance(chunk, HiddenChunk):
+            sums.append(_head_cross_entropy_sum(chunk, part, lambda logits: logits))
+        elif torch.is_grad_enabled() and chunk.hidden.requires_grad:
+            sums.append(
+                checkpoint(
+                    _head_cross_entropy_sum, chunk.hidden, part, chunk.head, use_reentrant=False
+                )
+            )
+        else:
+            sums.append(_head_cross_entropy_sum(chunk.hidden, part, chunk.head))
+        start = end
+    return torch.stack(sums).sum()
+
+
+class ChunkedHeadCrossEntropy:
+    """Token-mean cross-entropy that computes the output head a chunk at a time.
+
+    torchtune's ``CEWithChunkedOutputLoss`` upcasts logits chunk by chunk, but the model
+    still computes every chunk's logits in its forward and autograd keeps them all for the
+    backward. With this loss the recipe sets the model's ``defer_head`` (``Decoder``): the
+    model returns the final hidden states in chunks and the loss projects each chunk under
+    activation checkpointing, so at most one chunk's logits exist at a time. Decoders that
+    cannot defer (torchtune's own builders) return logit chunks, which it takes as they are.
+
+    Args:
+        num_output_chunks (int): chunks along the sequence (8: 32 positions each at 256).
+
+    Raises:
+        ValueError: ``num_output_chunks`` is not a positive integer.
+    """
+
+    defers_head = True
+
+    def __init__(self, num_output_chunks: int = 8) -> None:
+        if isinstance(num_output_chunks, bool) or not isinstance(num_output_chunks, int):
+            raise ValueError(f"num_output_chunks={num_output_chunks!r} must be a positive integer")
+        if num_output_chunks < 1:
+            raise ValueError(f"num_output_chunks={num_output_chunks!r} must be a positive integer")
+        self.num_output_chunks = num_output_chunks
+
+    def __call__(self, output: Any, targets: torch.Tensor) -> torch.Tensor:
+        """Mean over supervised targets (0 when there are none).
+
+        Args:
+            output (Any): what the model returned (see ``output_loss_sum``).
+            targets (torch.Tensor): [b, s] from ``shift_labels``.
+
+        Returns:
+            torch.Tensor: 0-d loss.
+        """
+        count = (targets != CROSS_ENTROPY_IGNORE_IDX).sum().clamp(min=1)
+        return output_loss_sum(output, targets) / count
+
+
+def _chunked_cross_entropy(output: Any, targets: torch.Tensor) -> torch.Tensor:
+    """The token-mean cross-entropy of whatever the model returns."""
+    return ChunkedHeadCrossEntropy()(output, targets)

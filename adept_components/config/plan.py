@@ -27,6 +27,7 @@ from adept_components.config.loading import (
     check_positive_int,
     check_run_fields,
 )
+from adept_components.expansion import COPY_INITS
 from adept_components.importance import IMPORTANCE_METHODS, check_selected_layers
 from adept_components.methods import METHODS, Method
 from adept_components.optim import RefreshPolicy, resolve_optimizer_class
@@ -58,6 +59,12 @@ class Stage1Plan:
         only (bool): ``stage1_only``: save the expanded model and stop.
         spectrum_fraction (float): ``expansion.spectrum_fraction``: with ``spectrum``, the
             share of each kind of weight matrix that trains (the top by SNR).
+        copy_init (str): ``expansion.copy_init``: how a copy starts (``auto``: the family's,
+            ``zero_out_proj``: the spec's, ``zero_post_norm``: gains of the post-branch norms
+            zero; ``expansion.resolve_copy_init``).
+        gate_lr_multiplier (float | None): ``expansion.gate_lr_multiplier``: the learning-rate
+            multiplier of a ``zero_post_norm`` copy's gains; None (``auto``): the measured
+            default, ``expansion.GATE_LR_MULTIPLIER``.
     """
 
     selection: LayerSelection | None
@@ -69,11 +76,14 @@ class Stage1Plan:
     probe_batch_size: int = 8
     only: bool = False
     spectrum_fraction: float = 0.25
+    copy_init: str = "auto"
+    gate_lr_multiplier: float | None = None
 
     @classmethod
     def from_config(cls, cfg: DictConfig, method: Method) -> Stage1Plan:
         expansion = cfg.expansion
-        known = ("num_layers", "layers", "importance", "profile", "spectrum_fraction")
+        known = ("num_layers", "layers", "importance", "profile", "spectrum_fraction",
+                 "copy_init", "gate_lr_multiplier")  # fmt: skip
         _check_keys(expansion, "expansion", known)
         layers = expansion.get("layers")
         if layers is not None and not isinstance(layers, (list, ListConfig)):
@@ -111,6 +121,21 @@ class Stage1Plan:
                 f"method={method.name} needs a `probe` section (general-domain probe data)"
             )
         check_positive_int(cfg, "probe_batch_size", required=False)
+        copy_init = expansion.get("copy_init") or "auto"
+        if copy_init not in COPY_INITS:
+            raise ConfigError(
+                f"expansion.copy_init={copy_init!r}; use one of {', '.join(COPY_INITS)}"
+            )
+        multiplier = expansion.get("gate_lr_multiplier")
+        multiplier = None if multiplier in (None, "auto") else multiplier
+        if multiplier is not None and (
+            isinstance(multiplier, bool)
+            or not isinstance(multiplier, (int, float))
+            or not 0 < multiplier < math.inf
+        ):
+            raise ConfigError(
+                f"expansion.gate_lr_multiplier={multiplier!r} must be auto or a positive number"
+            )
         return cls(
             selection=selection,
             k=k if selection is not None else 0,
@@ -121,6 +146,8 @@ class Stage1Plan:
             probe_batch_size=cfg.get("probe_batch_size") or 8,
             only=_bool(cfg, "stage1_only", False),
             spectrum_fraction=float(fraction),
+            copy_init=copy_init,
+            gate_lr_multiplier=None if multiplier is None else float(multiplier),
         )
 
     def check_depth(self, num_layers: int) -> None:

@@ -125,6 +125,7 @@ def mixed_text_dataset(
     max_seq_len: int,
     max_tokens: int | None = None,
     cache_dir: str | None = None,
+    bos_leads_chunks: bool = False,
 ) -> MixedText:
     """Pack several corpora and mix them by weight (replay of general text, several domains).
 
@@ -137,6 +138,8 @@ def mixed_text_dataset(
         max_tokens (int | None): one total token budget, split by the weights (a source's own
             ``max_tokens`` wins); None: every source as large as its own settings say.
         cache_dir (str | None): token cache shared by the sources.
+        bos_leads_chunks (bool): every chunk of every source starts with BOS
+            (``packed_text_dataset``).
 
     Returns:
         MixedText: the mixture.
@@ -180,7 +183,12 @@ def mixed_text_dataset(
         try:
             parts.append(
                 packed_text_dataset(
-                    tokenizer, str(entry["source"]), max_seq_len, cache_dir=cache_dir, **kwargs
+                    tokenizer,
+                    str(entry["source"]),
+                    max_seq_len,
+                    cache_dir=cache_dir,
+                    bos_leads_chunks=bos_leads_chunks,
+                    **kwargs,
                 )
             )
         except (ValueError, FileNotFoundError) as e:

@@ -185,7 +185,8 @@ def model_identity(
     Returns:
         ModelIdentity: layer count, architecture numbers and checkpoint directory.
     """
-    architecture = dataclasses.asdict(architecture_of(model))
+    # As JSON holds it (tuples become lists), so a saved profile compares equal.
+    architecture = json.loads(json.dumps(dataclasses.asdict(architecture_of(model))))
     architecture.pop("max_seq_len")
     return ModelIdentity(
         num_layers=len(model.layers),

@@ -58,14 +58,13 @@ from collections.abc import Iterator, Sequence
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 from torchtune.data import CROSS_ENTROPY_IGNORE_IDX
 
 from adept_components.distributed import global_means, rank_and_world
 from adept_components.importance.layer_importance import Batch, _check_batches, _device
-from adept_components.losses import eval_mode, shift_labels
+from adept_components.losses import eval_mode, output_loss_sum, shift_labels
 from adept_components.optim.unit_groups import clean_param_name
 from adept_components.progress import progress_bar
 
@@ -256,21 +255,7 @@ def _loss_sum(model: nn.Module, tokens: torch.Tensor, labels: torch.Tensor) -> t
     output = model(tokens)
     if getattr(model, "output_hidden_states", None):
         output = output[-1]  # [*hidden states, logits]
-    chunks = output if isinstance(output, list) else [output]  # each [b, s_chunk, v]
-    targets = shift_labels(labels)  # [b, s]: the label logits[:, t] predicts
-    sums, start = [], 0
-    for chunk in chunks:
-        end = start + chunk.shape[1]
-        sums.append(
-            F.cross_entropy(
-                chunk.float().flatten(0, 1),  # [b * s_chunk, v]
-                targets[:, start:end].flatten(),
-                ignore_index=CROSS_ENTROPY_IGNORE_IDX,
-                reduction="sum",
-            )
-        )
-        start = end
-    return torch.stack(sums).sum()
+    return output_loss_sum(output, shift_labels(labels))  # logits, chunks or deferred chunks
 
 
 def _weighted_abs_sum(param: torch.Tensor, grad: torch.Tensor | None, width: int) -> torch.Tensor:

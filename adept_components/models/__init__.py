@@ -1,4 +1,4 @@
-"""Model builders (Qwen3, Llama architecture), architecture records and HF key maps."""
+"""Model builders (Qwen3, Llama architecture, Gemma 3), family records, architectures, HF key maps."""
 
 from adept_components.models.architecture import (
     ModelArchitecture,
@@ -6,6 +6,8 @@ from adept_components.models.architecture import (
     model_from_hf_config,
     read_hf_config,
 )
+from adept_components.models.family import FAMILIES, ModelFamily, family_of
+from adept_components.models.gemma3 import Gemma3Attention, gemma3, gemma3_1b, gemma3_270m
 from adept_components.models.llama3 import (
     Llama3RopeScaling,
     llama,
@@ -26,10 +28,17 @@ from adept_components.models.qwen3 import (
 )
 
 __all__ = [
+    "FAMILIES",
+    "Gemma3Attention",
     "Llama3RopeScaling",
+    "ModelFamily",
     "ModelArchitecture",
     "Qwen3Attention",
     "architecture_of",
+    "family_of",
+    "gemma3",
+    "gemma3_1b",
+    "gemma3_270m",
     "llama",
     "llama3_1_8b",
     "llama3_1_70b",

@@ -12,29 +12,28 @@ import dataclasses
 import json
 import struct
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from torch import nn
 from torchtune.models.llama3_1 import Llama3ScaledRoPE
 from torchtune.modules import TiedLinear, TransformerDecoder
 
-from adept_components.models.llama3 import Llama3RopeScaling, llama
-from adept_components.models.qwen3 import Qwen3Attention, qwen3
-
-Family = Literal["qwen3", "llama"]
-_HF_MODEL_TYPES: dict[str, Family] = {"qwen3": "qwen3", "llama": "llama"}
-_HF_ARCHITECTURES: dict[Family, str] = {"qwen3": "Qwen3ForCausalLM", "llama": "LlamaForCausalLM"}
-_ROPE_SCALING_FIELDS = tuple(f.name for f in dataclasses.fields(Llama3RopeScaling))
-# Llama-architecture variants the builder does not have; a config asking for one is refused.
-_LLAMA_UNSUPPORTED = {"attention_bias": False, "mlp_bias": False, "hidden_act": "silu"}
+from adept_components.models.family import (
+    FAMILIES,
+    ModelFamily,
+    family_for_model_type,
+    family_of,
+)
+from adept_components.models.gemma3 import FULL, SLIDING, LinearRopeScaling, LinearScaledRoPE
+from adept_components.models.llama3 import Llama3RopeScaling
 
 
 @dataclasses.dataclass(frozen=True)
 class ModelArchitecture:
-    """The numbers that define a Qwen3 or Llama-architecture decoder.
+    """The numbers that define a decoder of one of the families (``models.family``).
 
     Attributes:
-        family (str): ``"qwen3"`` or ``"llama"``.
+        family (str): ``"qwen3"``, ``"llama"`` or ``"gemma3"`` (a key of ``FAMILIES``).
         vocab_size (int): number of tokens.
         num_layers (int): decoder layers (HF ``num_hidden_layers``).
         num_heads (int): query heads.
@@ -44,12 +43,18 @@ class ModelArchitecture:
         head_dim (int): per-head width.
         max_seq_len (int): longest sequence (HF ``max_position_embeddings``).
         norm_eps (float): RMSNorm epsilon.
-        rope_base (float): RoPE theta.
+        rope_base (float): RoPE theta (Gemma 3: of the full-attention layers).
         tie_word_embeddings (bool): output head shares the embedding matrix.
-        rope_scaling (Llama3RopeScaling | None): Llama 3 RoPE scaling; None = plain RoPE.
+        rope_scaling (Llama3RopeScaling | LinearRopeScaling | None): Llama 3 scaling, or
+            Gemma 3's linear scaling of the full-attention layers; None = plain RoPE.
+        layer_types (tuple[str, ...] | None): Gemma 3: per layer ``sliding_attention`` or
+            ``full_attention``; None: every layer attends globally.
+        sliding_window (int | None): Gemma 3: positions a sliding layer sees.
+        local_rope_base (float | None): Gemma 3: RoPE theta of the sliding layers.
+        query_pre_attn_scalar (float | None): Gemma 3: scores scale by its ``** -0.5``.
     """
 
-    family: Family
+    family: str
     vocab_size: int
     num_layers: int
     num_heads: int
@@ -61,7 +66,31 @@ class ModelArchitecture:
     norm_eps: float
     rope_base: float
     tie_word_embeddings: bool
-    rope_scaling: Llama3RopeScaling | None = None
+    rope_scaling: Llama3RopeScaling | LinearRopeScaling | None = None
+    layer_types: tuple[str, ...] | None = None
+    sliding_window: int | None = None
+    local_rope_base: float | None = None
+    query_pre_attn_scalar: float | None = None
+
+    @property
+    def family_record(self) -> ModelFamily:
+        """The family's record (builder, key map, norms, sequence conventions)."""
+        return FAMILIES[self.family]
+
+    def common_numbers(self, max_seq_len: int | None = None) -> dict[str, Any]:
+        """The builder arguments every family takes (the family adds its own)."""
+        return {
+            "vocab_size": self.vocab_size,
+            "num_layers": self.num_layers,
+            "num_heads": self.num_heads,
+            "num_kv_heads": self.num_kv_heads,
+            "embed_dim": self.embed_dim,
+            "intermediate_dim": self.intermediate_dim,
+            "max_seq_len": max_seq_len or self.max_seq_len,
+            "head_dim": self.head_dim,
+            "norm_eps": self.norm_eps,
+            "tie_word_embeddings": self.tie_word_embeddings,
+        }
 
     def build(self, max_seq_len: int | None = None) -> TransformerDecoder:
         """Build the torchtune decoder (random init) for these numbers.
@@ -73,22 +102,34 @@ class ModelArchitecture:
         Returns:
             TransformerDecoder: the model.
         """
-        numbers = {
-            "vocab_size": self.vocab_size,
-            "num_layers": self.num_layers,
-            "num_heads": self.num_heads,
-            "num_kv_heads": self.num_kv_heads,
-            "embed_dim": self.embed_dim,
-            "intermediate_dim": self.intermediate_dim,
-            "max_seq_len": max_seq_len or self.max_seq_len,
-            "head_dim": self.head_dim,
-            "norm_eps": self.norm_eps,
-            "rope_base": self.rope_base,
-            "tie_word_embeddings": self.tie_word_embeddings,
-        }
-        if self.family == "qwen3":
-            return qwen3(**numbers)
-        return llama(**numbers, rope_scaling=self.rope_scaling)
+        return self.family_record.build(self, max_seq_len or self.max_seq_len)
+
+    def expanded(self, layer_sources: list[int]) -> ModelArchitecture:
+        """The architecture after expansion: one layer per entry of ``layer_sources``.
+
+        Per-layer fields are re-indexed: new layer ``i`` takes base layer
+        ``layer_sources[i]``'s (a copy keeps its source's attention kind and RoPE base).
+
+        Args:
+            layer_sources (list[int]): for each new layer, the base layer it descends from.
+
+        Returns:
+            ModelArchitecture: the expanded model's numbers.
+
+        Raises:
+            ValueError: a source index out of range.
+        """
+        bad = [i for i in layer_sources if not 0 <= i < self.num_layers]
+        if bad:
+            raise ValueError(
+                f"layer_sources {bad} are not layers of a {self.num_layers}-layer model"
+            )
+        types = self.layer_types
+        return dataclasses.replace(
+            self,
+            num_layers=len(layer_sources),
+            layer_types=None if types is None else tuple(types[i] for i in layer_sources),
+        )
 
     @classmethod
     def from_hf_config(
@@ -96,8 +137,9 @@ class ModelArchitecture:
     ) -> ModelArchitecture:
         """Read the numbers from a parsed HF ``config.json``.
 
-        Accepts both the classic (``rope_theta``, ``rope_scaling``) and the transformers 5
-        (``rope_parameters``) spellings.
+        Accepts both the transformers 4.x (``rope_theta``, ``rope_scaling``, Gemma 3's
+        ``rope_local_base_freq`` and ``sliding_window_pattern``) and the transformers 5
+        (``rope_parameters``, per layer type for Gemma 3) spellings.
 
         Args:
             config (dict): the parsed config.json.
@@ -108,15 +150,10 @@ class ModelArchitecture:
 
         Raises:
             ValueError: unknown ``model_type``, a missing field, or a variant we cannot build
-                (unknown RoPE scaling, attention or MLP biases, an activation other than SiLU).
+                (unknown RoPE scaling, biases, another activation, softcapping, unknown
+                layer types), in one line naming the field.
         """
-        model_type = config.get("model_type")
-        if model_type not in _HF_MODEL_TYPES:
-            raise ValueError(
-                f"{source}: model_type={model_type!r} is not supported "
-                f"(supported: {sorted(_HF_MODEL_TYPES)})"
-            )
-        family = _HF_MODEL_TYPES[model_type]
+        family = family_for_model_type(config.get("model_type"), source)
         required = [
             "vocab_size",
             "num_hidden_layers",
@@ -127,16 +164,9 @@ class ModelArchitecture:
         missing = [k for k in required if k not in config]
         if missing:
             raise ValueError(f"{source} lacks required field(s) {missing}")
-        if family == "llama":
-            for key, supported in _LLAMA_UNSUPPORTED.items():
-                if config.get(key, supported) != supported:
-                    raise ValueError(
-                        f"{source}: {key}={config[key]!r} is not supported (supported: {supported!r})"
-                    )
         heads = config["num_attention_heads"]
-        rope_params = config.get("rope_parameters") or {}
         return cls(
-            family=family,
+            family=family.name,
             vocab_size=config["vocab_size"],
             num_layers=config["num_hidden_layers"],
             num_heads=heads,
@@ -146,9 +176,8 @@ class ModelArchitecture:
             head_dim=config.get("head_dim") or config["hidden_size"] // heads,
             max_seq_len=config.get("max_position_embeddings", 4096),
             norm_eps=_float32_repr(config.get("rms_norm_eps", 1e-6)),
-            rope_base=float(config.get("rope_theta") or rope_params.get("rope_theta") or 10_000.0),
-            tie_word_embeddings=bool(config.get("tie_word_embeddings", False)),
-            rope_scaling=_rope_scaling(config, family, source),
+            tie_word_embeddings=bool(config.get("tie_word_embeddings", family.tie_default)),
+            **family.read_hf(config, source),
         )
 
     def to_hf_config(
@@ -161,7 +190,7 @@ class ModelArchitecture:
         Fields the numbers do not cover (token ids, ``torch_dtype``, ``architectures`` …) are
         kept from ``base``. Per-layer lists of ``base`` (``layer_types`` …) are re-indexed so
         they stay as long as the layer count: new layer ``i`` takes the entry of base layer
-        ``layer_sources[i]``.
+        ``layer_sources[i]``; the family then writes its own fields from the numbers.
 
         Args:
             base (dict | None): the input checkpoint's config.json, if any.
@@ -189,9 +218,12 @@ class ModelArchitecture:
         for key, value in list(config.items()):
             if isinstance(value, list) and len(value) == base_layers and layer_sources is not None:
                 config[key] = [value[src] for src in layer_sources]
+        family = self.family_record
         config.update(
-            model_type=self.family,
-            architectures=[_HF_ARCHITECTURES[self.family]],
+            model_type=config.get("model_type")
+            if config.get("model_type") in family.hf_model_types
+            else family.hf_model_types[0],
+            architectures=[family.hf_architecture],
             vocab_size=self.vocab_size,
             num_hidden_layers=self.num_layers,
             num_attention_heads=self.num_heads,
@@ -203,49 +235,8 @@ class ModelArchitecture:
             rms_norm_eps=self.norm_eps,
             tie_word_embeddings=self.tie_word_embeddings,
         )
-        scaling = (
-            {"rope_type": "llama3", **dataclasses.asdict(self.rope_scaling)}
-            if self.rope_scaling
-            else {}
-        )
-        if "rope_parameters" in config:  # transformers 5 spelling: theta and scaling in one
-            config["rope_parameters"] = {
-                **config["rope_parameters"],
-                "rope_theta": self.rope_base,
-                **scaling,
-            }
-        else:
-            config["rope_theta"] = self.rope_base
-            if scaling:
-                config["rope_scaling"] = {**(config.get("rope_scaling") or {}), **scaling}
+        family.write_hf(self, config)
         return config
-
-
-def _rope_scaling(config: dict[str, Any], family: Family, source: str) -> Llama3RopeScaling | None:
-    """The RoPE scaling of a config: None for plain RoPE, the Llama 3 numbers, or an error."""
-    rope_params = config.get("rope_parameters") or {}
-    scaling = config.get("rope_scaling") or rope_params
-    rope_type = scaling.get("rope_type", scaling.get("type", "default"))
-    if rope_type == "default":
-        return None
-    field = "rope_scaling" if config.get("rope_scaling") else "rope_parameters"
-    if family != "llama" or rope_type != "llama3":
-        supported = "'llama3' or none" if family == "llama" else "none"
-        raise ValueError(
-            f"{source}: {field}.rope_type={rope_type!r} is not supported for {family} "
-            f"(supported: {supported})"
-        )
-    if "factor" not in scaling:
-        raise ValueError(f"{source}: {field} of rope_type 'llama3' lacks 'factor'")
-    values = {k: scaling[k] for k in _ROPE_SCALING_FIELDS if k in scaling}
-    try:
-        values = {
-            k: int(v) if k == "original_max_position_embeddings" else float(v)
-            for k, v in values.items()
-        }
-        return Llama3RopeScaling(**values)
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"{source}: {field}: {e}") from None
 
 
 def _float32_repr(value: float) -> float:
@@ -265,25 +256,44 @@ def architecture_of(model: nn.Module) -> ModelArchitecture:
     """Read the architecture off a built torchtune decoder (after any expansion).
 
     Args:
-        model (nn.Module): a decoder built by this package.
+        model (nn.Module): a decoder built by this package (or torchtune's Llama builders).
 
     Returns:
         ModelArchitecture: its numbers.
+
+    Raises:
+        ValueError: the decoder is of no known family (``family.family_of``).
     """
+    family = family_of(model)
     layer = model.layers[0]
     attn, rope = layer.attn, layer.attn.pos_embeddings
-    scaling = (
-        Llama3RopeScaling(
+    fields: dict[str, Any] = {"rope_base": float(rope.base)}
+    if isinstance(rope, Llama3ScaledRoPE):
+        fields["rope_scaling"] = Llama3RopeScaling(
             factor=float(rope.scale_factor),
             low_freq_factor=float(rope.low_freq_factor),
             high_freq_factor=float(rope.high_freq_factor),
             original_max_position_embeddings=int(rope.old_context_len),
         )
-        if isinstance(rope, Llama3ScaledRoPE)
-        else None
-    )
+    windows = [getattr(block.attn, "sliding_window", None) for block in model.layers]
+    if family.name == "gemma3":
+        by_kind = {}
+        for block, window in zip(model.layers, windows, strict=True):
+            by_kind.setdefault(SLIDING if window else FULL, block.attn.pos_embeddings)
+        full, local = by_kind.get(FULL), by_kind.get(SLIDING)
+        scale = attn.scale
+        fields.update(
+            layer_types=tuple(SLIDING if w else FULL for w in windows),
+            sliding_window=next((w for w in windows if w), None) or 4096,
+            local_rope_base=float(local.base) if local is not None else 10_000.0,
+            rope_base=float(full.base) if full is not None else 1_000_000.0,
+            rope_scaling=LinearRopeScaling(float(full.factor))
+            if isinstance(full, LinearScaledRoPE)
+            else None,
+            query_pre_attn_scalar=None if scale is None else round(scale**-2, 6),
+        )
     return ModelArchitecture(
-        family="qwen3" if isinstance(attn, Qwen3Attention) else "llama",
+        family=family.name,
         vocab_size=model.tok_embeddings.num_embeddings,
         num_layers=len(model.layers),
         num_heads=attn.num_heads,
@@ -293,9 +303,8 @@ def architecture_of(model: nn.Module) -> ModelArchitecture:
         head_dim=attn.head_dim,
         max_seq_len=model.max_seq_len,
         norm_eps=layer.sa_norm.eps,
-        rope_base=float(rope.base),
         tie_word_embeddings=isinstance(model.output, TiedLinear),
-        rope_scaling=scaling,
+        **fields,
     )
 
 
@@ -343,7 +352,7 @@ def config_path(checkpoint_dir: str | Path) -> str:
 
 
 def model_from_hf_config(checkpoint_dir: str, max_seq_len: int | None = None) -> TransformerDecoder:
-    """Build the decoder a Hugging Face model directory describes (any size, Qwen3 or Llama).
+    """Build the decoder a Hugging Face model directory describes (any size, any family).
 
     The YAML builder for checkpoints that have no named builder: tiny test models, sizes in
     between, or models that were already expanded.

@@ -1,8 +1,8 @@
-"""Hugging Face <-> torchtune parameter names for Qwen3 and Llama 3.
+"""Hugging Face <-> torchtune parameter names, as each family's record says.
 
-Qwen3 uses HF's rotate-half RoPE layout, so its tensors map one to one (plus the per-head
-``q_norm``/``k_norm`` that torchtune's Qwen2 map lacks). Llama uses torchtune's interleaved
-RoPE, so q/k rows are permuted — torchtune's own converter does that. Tied models carry no
+Qwen3 and Gemma 3 use HF's rotate-half RoPE layout, so their tensors map one to one through
+the family's name table. Llama uses torchtune's interleaved RoPE, so q/k rows are permuted —
+torchtune's own converter does that (a family whose table is None). Tied models carry no
 ``lm_head.weight`` in either format.
 """
 
@@ -12,15 +12,9 @@ import torch
 from torchtune.models import convert_weights as tt_convert
 from torchtune.models.convert_weights import get_mapped_key
 
-from adept_components._torchtune import LLAMA_FROM_HF, QWEN2_FROM_HF
 from adept_components.models.architecture import ModelArchitecture
+from adept_components.models.family import FAMILIES
 
-_QWEN3_FROM_HF: dict[str, str | None] = {
-    **{k: v for k, v in QWEN2_FROM_HF.items() if not k.endswith(".bias")},
-    "model.layers.{}.self_attn.q_norm.weight": "layers.{}.attn.q_norm.scale",
-    "model.layers.{}.self_attn.k_norm.weight": "layers.{}.attn.k_norm.scale",
-}
-_QWEN3_TO_HF = {v: k for k, v in _QWEN3_FROM_HF.items() if v is not None}
 _TIED_HF_KEY = "lm_head.weight"
 
 
@@ -44,9 +38,10 @@ def hf_to_tune(
         for k, v in state_dict.items()
         if "rotary_emb.inv_freq" not in k and not (arch.tie_word_embeddings and k == _TIED_HF_KEY)
     }
+    table = arch.family_record.hf_to_tune_keys
     try:
-        if arch.family == "qwen3":
-            return {get_mapped_key(k, _QWEN3_FROM_HF): v for k, v in state_dict.items()}
+        if table is not None:
+            return {get_mapped_key(k, table): v for k, v in state_dict.items()}
         return tt_convert.hf_to_tune(
             state_dict,
             num_heads=arch.num_heads,
@@ -70,8 +65,10 @@ def tune_to_hf(
     Returns:
         dict: HF tensors, ready for ``save_pretrained``-compatible safetensors.
     """
-    if arch.family == "qwen3":
-        return {get_mapped_key(k, _QWEN3_TO_HF): v for k, v in state_dict.items()}
+    family = arch.family_record
+    if family.hf_to_tune_keys is not None:
+        table = family.tune_to_hf_keys
+        return {get_mapped_key(k, table): v for k, v in state_dict.items()}
     return tt_convert.tune_to_hf(
         state_dict,
         num_heads=arch.num_heads,
@@ -86,13 +83,12 @@ def hf_name(tune_key: str, family: str) -> str:
 
     Args:
         tune_key (str): e.g. ``layers.3.attn.output_proj.weight``.
-        family (str): ``"qwen3"`` or ``"llama"``.
+        family (str): a key of ``FAMILIES`` (``"qwen3"``, ``"llama"``, ``"gemma3"``).
 
     Returns:
         str: e.g. ``model.layers.3.self_attn.o_proj.weight``; the input if it has no HF name.
     """
-    table = _QWEN3_TO_HF if family == "qwen3" else {v: k for k, v in LLAMA_FROM_HF.items()}
     try:
-        return get_mapped_key(tune_key, table)
+        return get_mapped_key(tune_key, FAMILIES[family].tune_to_hf_keys)
     except Exception:
         return tune_key

@@ -1,15 +1,18 @@
-"""The pre-norm SwiGLU decoder that Qwen3 and the Llama architecture share.
+"""The pre-norm gated-MLP decoder that Qwen3, the Llama architecture and Gemma 3 share.
 
-Qwen3 and Llama differ only inside attention (q/k norms, RoPE variant); the MLP, the block,
-the norms, the embedding and the optionally tied head are the same torchtune modules. One
-builder assembles them around whichever attention module a family supplies.
+Qwen3 and Llama differ only inside attention (q/k norms, RoPE variant); Gemma 3 further in
+its norms, activation, embedding scale and the norms on each branch's output. The block, the
+MLP and the optionally tied head are the same torchtune modules, so one builder assembles them
+around the parts a family supplies.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
+import torch
 from torch import nn
 from torchtune.modules import (
     FeedForward,
@@ -18,6 +21,56 @@ from torchtune.modules import (
     TransformerDecoder,
     TransformerSelfAttentionLayer,
 )
+
+
+@dataclasses.dataclass(frozen=True)
+class HiddenChunk:
+    """A chunk of the final (normed) hidden states whose logits are not computed yet.
+
+    ``Decoder`` returns these instead of logits when ``defer_head`` is set, so that the loss
+    (``losses.ChunkedHeadCrossEntropy``) projects one chunk at a time and recomputes it in
+    the backward pass: the whole ``[b, s, vocab]`` logits never exist (4 x 256 tokens of
+    Gemma 3's 262k vocabulary are 1 GiB in fp32; 8 x 4096 are 34 GB).
+
+    Attributes:
+        hidden (torch.Tensor): [b, s_chunk, d].
+        head (Callable[[torch.Tensor], torch.Tensor]): the output projection (``TiedLinear``
+            or ``nn.Linear``).
+    """
+
+    hidden: torch.Tensor
+    head: Callable[[torch.Tensor], torch.Tensor]
+
+    @property
+    def shape(self) -> torch.Size:
+        """The hidden states' shape, [b, s_chunk, d]: ``shape[1]`` is the chunk's length."""
+        return self.hidden.shape
+
+
+class Decoder(TransformerDecoder):
+    """torchtune's ``TransformerDecoder`` that can leave the output projection to the loss.
+
+    With ``defer_head`` set (the recipe sets it when its loss supports it) and output chunks
+    on (``set_num_output_chunks``), ``forward`` returns ``HiddenChunk`` s instead of logits.
+    Everything else is torchtune's.
+    """
+
+    defer_head: bool = False
+
+    def chunked_output(self, last_hidden_state: torch.Tensor) -> list[Any]:
+        """The output in ``num_output_chunks`` chunks along the sequence: logits, or
+        ``HiddenChunk`` s when ``defer_head`` is set.
+
+        Args:
+            last_hidden_state (torch.Tensor): [b, s, d], after the final norm.
+
+        Returns:
+            list: the chunks.
+        """
+        if not self.defer_head:
+            return super().chunked_output(last_hidden_state)
+        chunks = last_hidden_state.chunk(self.num_output_chunks, dim=1)
+        return [HiddenChunk(chunk, self.output) for chunk in chunks]
 
 
 def attention_layout(
@@ -49,8 +102,8 @@ def attention_layout(
     }
 
 
-def swiglu_decoder(
-    make_attention: Callable[[], nn.Module],
+def gated_mlp_decoder(
+    make_attention: Callable[[int], nn.Module],
     vocab_size: int,
     num_layers: int,
     num_heads: int,
@@ -60,11 +113,22 @@ def swiglu_decoder(
     head_dim: int,
     norm_eps: float,
     tie_word_embeddings: bool,
+    make_norm: Callable[[int, float], nn.Module] = RMSNorm,
+    activation: Callable[[], nn.Module] = nn.SiLU,
+    post_branch_norms: bool = False,
+    embedding: Callable[[int, int], nn.Embedding] = nn.Embedding,
 ) -> TransformerDecoder:
-    """Stack ``num_layers`` pre-norm blocks of ``make_attention()`` + SwiGLU MLP.
+    """Stack ``num_layers`` pre-norm blocks of ``make_attention(i)`` + a gated MLP.
+
+    The family record (``models.family``) chooses the parts: Qwen3 and Llama use torchtune's
+    RMSNorm, SwiGLU and a plain embedding; Gemma 3 uses (1 + w) RMSNorms, GeGLU (tanh GELU),
+    an embedding scaled by sqrt(width) and a second norm on each branch's output
+    (``post_branch_norms``: torchtune's ``sa_scale``/``mlp_scale``, HF's
+    ``post_attention_layernorm``/``post_feedforward_layernorm``).
 
     Args:
-        make_attention (Callable[[], nn.Module]): builds one layer's attention module.
+        make_attention (Callable[[int], nn.Module]): builds layer ``i``'s attention module
+            (layers may differ: Gemma 3's sliding and global layers).
         vocab_size (int): number of tokens.
         num_layers (int): decoder layers.
         num_heads (int): query heads (for torchtune's KV-cache set-up).
@@ -74,37 +138,51 @@ def swiglu_decoder(
         head_dim (int): per-head width.
         norm_eps (float): RMSNorm epsilon.
         tie_word_embeddings (bool): the output head shares the embedding matrix.
+        make_norm (Callable[[int, float], nn.Module]): a norm of (width, eps).
+        activation (Callable[[], nn.Module]): the MLP's gate activation.
+        post_branch_norms (bool): normalise each branch's output before the residual add.
+        embedding (Callable[[int, int], nn.Embedding]): the token embedding of (vocab, width).
 
     Returns:
-        TransformerDecoder: the model, randomly initialised.
+        TransformerDecoder: the model (a ``Decoder``), randomly initialised.
     """
     layers = nn.ModuleList()
-    for _ in range(num_layers):
+    for index in range(num_layers):
         mlp = FeedForward(
             gate_proj=nn.Linear(embed_dim, intermediate_dim, bias=False),
             down_proj=nn.Linear(intermediate_dim, embed_dim, bias=False),
             up_proj=nn.Linear(embed_dim, intermediate_dim, bias=False),
+            activation=activation(),
+        )
+        post = (
+            {
+                "sa_scale": make_norm(embed_dim, norm_eps),
+                "mlp_scale": make_norm(embed_dim, norm_eps),
+            }
+            if post_branch_norms
+            else {}
         )
         layers.append(
             TransformerSelfAttentionLayer(
-                attn=make_attention(),
+                attn=make_attention(index),
                 mlp=mlp,
-                sa_norm=RMSNorm(dim=embed_dim, eps=norm_eps),
-                mlp_norm=RMSNorm(dim=embed_dim, eps=norm_eps),
+                sa_norm=make_norm(embed_dim, norm_eps),
+                mlp_norm=make_norm(embed_dim, norm_eps),
+                **post,
             )
         )
-    tok_embeddings = nn.Embedding(vocab_size, embed_dim)
+    tok_embeddings = embedding(vocab_size, embed_dim)
     output = (
         TiedLinear(tok_embeddings)
         if tie_word_embeddings
         else nn.Linear(embed_dim, vocab_size, bias=False)
     )
-    return TransformerDecoder(
+    return Decoder(
         tok_embeddings=tok_embeddings,
         layers=layers,
         max_seq_len=max_seq_len,
         num_heads=num_heads,
         head_dim=head_dim,
-        norm=RMSNorm(embed_dim, eps=norm_eps),
+        norm=make_norm(embed_dim, norm_eps),
         output=output,
     )

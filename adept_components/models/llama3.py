@@ -6,7 +6,7 @@ hard-code the scaling's low/high frequency factors and original context (1, 4, 8
 ``head_dim = embed_dim / num_heads``. Checkpoints of the Llama architecture vary in all of
 these (SmolLM2: tied, unscaled RoPE; Llama 3.2: tied, scaled), so ``llama`` takes every knob as
 an argument and assembles torchtune's own modules (attention, RoPE, SwiGLU MLP, RMSNorm) with
-the decoder Qwen3 shares (``decoder.swiglu_decoder``).
+the decoder Qwen3 shares (``decoder.gated_mlp_decoder``).
 
 The named model builders (``llama3_1_8b`` ...) are torchtune's, re-exported so configs can say
 ``adept_components.models.llama3_1_8b`` like every other model of this package.
@@ -21,7 +21,7 @@ from torchtune.models.llama3_1 import Llama3ScaledRoPE, llama3_1_8b, llama3_1_70
 from torchtune.models.llama3_2 import llama3_2_1b, llama3_2_3b
 from torchtune.modules import MultiHeadAttention, RotaryPositionalEmbeddings, TransformerDecoder
 
-from adept_components.models.decoder import attention_layout, swiglu_decoder
+from adept_components.models.decoder import attention_layout, gated_mlp_decoder
 
 __all__ = [
     "Llama3RopeScaling",
@@ -121,13 +121,13 @@ def llama(
             old_context_len=rope_scaling.original_max_position_embeddings,
         )
 
-    def attention() -> MultiHeadAttention:
+    def attention(_: int) -> MultiHeadAttention:
         return MultiHeadAttention(
             **attention_layout(embed_dim, num_heads, num_kv_heads, head_dim, max_seq_len),
             pos_embeddings=rope,
         )
 
-    return swiglu_decoder(
+    return gated_mlp_decoder(
         attention, vocab_size, num_layers, num_heads, embed_dim, intermediate_dim, max_seq_len,
         head_dim, norm_eps, tie_word_embeddings,
     )  # fmt: skip

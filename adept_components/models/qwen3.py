@@ -1,9 +1,8 @@
 """Qwen3 dense models as torchtune ``TransformerDecoder`` s.
 
-torchtune 0.6.1 has no Qwen3. Its ``MultiHeadAttention`` accepts ``q_norm``/``k_norm`` but applies
-them *after* rotary embeddings, while Qwen3 RMS-normalises each query and key head *before*
-RoPE; built on the stock module, logits drift ~11% from the reference. ``Qwen3Attention`` fixes
-the order and everything else (RoPE, RMSNorm, SwiGLU MLP, decoder) is torchtune's own.
+torchtune 0.6.1 has no Qwen3. Its attention applies q/k norms after RoPE, Qwen3's before
+(``attention.QKNormAttention`` fixes the order); everything else (RoPE, RMSNorm, SwiGLU MLP,
+decoder) is torchtune's own.
 
 Architecture numbers are those of the published Hugging Face ``config.json`` files
 (``Qwen/Qwen3-{0.6B,1.7B,4B,8B,14B,32B}``); the ``-Base`` checkpoints share them.
@@ -11,78 +10,15 @@ Architecture numbers are those of the published Hugging Face ``config.json`` fil
 
 from __future__ import annotations
 
-import torch
 from torchtune.models.qwen2 import Qwen2RotaryPositionalEmbeddings
-from torchtune.modules import MultiHeadAttention, RMSNorm, TransformerDecoder
+from torchtune.modules import RMSNorm, TransformerDecoder
 
-from adept_components._torchtune import MaskType
-from adept_components.models.decoder import attention_layout, swiglu_decoder
+from adept_components.models.attention import QKNormAttention
+from adept_components.models.decoder import attention_layout, gated_mlp_decoder
 
 
-class Qwen3Attention(MultiHeadAttention):
-    """Grouped-query attention with per-head q/k RMSNorm applied before RoPE (Qwen3 order).
-
-    Only ``forward`` differs from torchtune's ``MultiHeadAttention``; construction, KV-cache
-    set-up and the attention kernel are inherited, so the module behaves like any torchtune
-    attention for FSDP, activation checkpointing and generation.
-    """
-
-    def forward(
-        self,
-        x: torch.Tensor,
-        y: torch.Tensor | None = None,
-        *,
-        mask: MaskType | None = None,
-        input_pos: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """Self-attention over ``x`` (``y`` is accepted for API parity and must equal ``x``
-        or be None while decoding from the KV cache).
-
-        Args:
-            x (torch.Tensor): input, shape [b, s, d].
-            y (torch.Tensor | None): key/value input, shape [b, s, d]; None reads the KV cache.
-            mask (MaskType | None): boolean mask [b, s, s] or a flex-attention BlockMask.
-            input_pos (torch.Tensor | None): position ids [b, s]; None means 0..s-1.
-
-        Returns:
-            torch.Tensor: output, shape [b, s, d].
-        """
-        b, s_x, _ = x.shape
-        q = self.q_proj(x).view(b, s_x, self.num_heads, self.head_dim)  # [b, s, n_h, h_d]
-        q = self.q_norm(q)
-        q = self.pos_embeddings(q, input_pos=input_pos).transpose(1, 2)  # [b, n_h, s, h_d]
-
-        if y is None:
-            if self.kv_cache is None or not self.cache_enabled:
-                raise ValueError(
-                    "Must provide y input or use kv_cache to enable streaming decoding"
-                )
-            k, v = self.kv_cache.k_cache, self.kv_cache.v_cache
-        else:
-            s_y = y.shape[1]
-            k = self.k_proj(y).view(b, s_y, self.num_kv_heads, self.head_dim)
-            v = self.v_proj(y).view(b, s_y, self.num_kv_heads, self.head_dim)
-            k = self.pos_embeddings(self.k_norm(k), input_pos=input_pos)
-            k, v = k.transpose(1, 2), v.transpose(1, 2)  # [b, n_kv, s, h_d]
-            if self.kv_cache is not None and self.cache_enabled:
-                k, v = self.kv_cache.update(k, v)
-
-        if self.num_heads != self.num_kv_heads:
-            q_per_kv = self.num_heads // self.num_kv_heads
-            expand_shape = (b, self.num_kv_heads, q_per_kv, -1, self.head_dim)
-            k = k.unsqueeze(2).expand(expand_shape).flatten(1, 2)  # [b, n_h, s, h_d]
-            v = v.unsqueeze(2).expand(expand_shape).flatten(1, 2)
-
-        out = self._attention_call(
-            q,
-            k,
-            v,
-            mask=mask,
-            dropout_p=self.attn_dropout if self.training else 0.0,
-            is_causal=self.kv_cache is None and mask is None and self.is_causal,
-        )
-        out = out.transpose(1, 2).contiguous().view(b, s_x, -1)  # [b, s, n_h * h_d]
-        return self.output_proj(out)
+class Qwen3Attention(QKNormAttention):
+    """Qwen3's attention: q/k RMSNorm before RoPE, ``head_dim ** -0.5`` scores, no window."""
 
 
 def qwen3(
@@ -124,7 +60,7 @@ def qwen3(
     """
     rope = Qwen2RotaryPositionalEmbeddings(dim=head_dim, max_seq_len=max_seq_len, base=rope_base)
 
-    def attention() -> Qwen3Attention:
+    def attention(_: int) -> Qwen3Attention:
         return Qwen3Attention(
             **attention_layout(embed_dim, num_heads, num_kv_heads, head_dim, max_seq_len),
             pos_embeddings=rope,
@@ -133,7 +69,7 @@ def qwen3(
             attn_dropout=attn_dropout,
         )
 
-    return swiglu_decoder(
+    return gated_mlp_decoder(
         attention, vocab_size, num_layers, num_heads, embed_dim, intermediate_dim, max_seq_len,
         head_dim, norm_eps, tie_word_embeddings,
     )  # fmt: skip

@@ -3,8 +3,9 @@
 A *unit* is one parameter tensor of a trainable decoder layer, named as in the bare model's
 ``state_dict`` (``layers.27.attn.q_proj.weight``). Qwen3 layers have 11 units (q, k, v and
 output projections, q_norm, k_norm, w1/gate, w2/down, w3/up, sa_norm, mlp_norm), Llama layers
-9 (no q/k norms). Each unit becomes its own param group, so its learning rate can be scaled
-on its own (S2.3); the reference code's two decay/no-decay groups are the bug we avoid.
+9 (no q/k norms), Gemma 3 layers 13 (Qwen3's and the two post-branch norms). Each unit becomes
+its own param group, so its learning rate can be scaled on its own (S2.3); the reference
+code's two decay/no-decay groups are the bug we avoid.
 
 Groups are built *by name* from ``model.named_parameters()``: FSDP2's ``fully_shard`` swaps
 every parameter object for a DTensor, so groups must be built after sharding, and the
@@ -22,6 +23,7 @@ from typing import Any, Literal
 from torch import nn
 
 from adept_components.expansion import check_selected_layers
+from adept_components.models.family import ALL_NORM_MODULES
 
 UnitKind = Literal["norm", "matrix"]
 # Path segments that wrappers insert into parameter names; none is part of a unit's name.
@@ -49,9 +51,11 @@ def clean_param_name(name: str) -> str:
 def unit_kind(name: str) -> UnitKind:
     """Whether a unit is a norm scale or a matrix (S2.3 ``separate_norm_range``).
 
-    A unit is a norm when the module owning it is a norm: its name ends with ``norm``
-    (``sa_norm``, ``mlp_norm``, ``attn.q_norm``, ``attn.k_norm``; torchtune's RMSNorm
-    parameter is ``scale``). Every other unit (projections, MLP weights) is a matrix.
+    A unit is a norm when the module owning it is a norm: one of the families' norm modules
+    (``models.family``: ``sa_norm``, ``mlp_norm``, ``attn.q_norm``, ``attn.k_norm`` and
+    Gemma's post-branch ``sa_scale``/``mlp_scale``; torchtune's norm parameter is ``scale``)
+    or any module whose name ends with ``norm``. Every other unit (projections, MLP weights)
+    is a matrix.
 
     Args:
         name (str): a unit name such as ``layers.27.attn.q_norm.scale``.
@@ -60,7 +64,10 @@ def unit_kind(name: str) -> UnitKind:
         str: ``"norm"`` or ``"matrix"``.
     """
     parts = clean_param_name(name).split(".")
-    return "norm" if len(parts) >= 2 and parts[-2].endswith("norm") else "matrix"
+    if len(parts) < 2:
+        return "matrix"
+    owner = parts[-2]
+    return "norm" if owner in ALL_NORM_MODULES or owner.endswith("norm") else "matrix"
 
 
 def unit_name(layer: int, local_name: str) -> str:

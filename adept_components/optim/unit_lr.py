@@ -162,6 +162,9 @@ class UnitScaledScheduler:
     the lr the inner scheduler computes for that group (kept in ``group["unscaled_lr"]``)
     and ``w_U`` the unit's current scale: for torchtune's cosine-with-warmup,
     ``base_lr · schedule(t) · w_U`` exactly. Scales are 1 until the first ``set_scales``.
+    Fixed ``multipliers`` (a ``zero_post_norm`` copy's gains, ``expansion.gate_units``)
+    multiply on top of the scales: ``unscaled · w_U · m_U``; they come from the config, so a
+    resumed run passes them again rather than reading them from the checkpoint.
 
     Build it right after the inner scheduler, before any step (the constructor takes the
     groups' current lrs as unscaled). On resume, build both fresh and call
@@ -177,13 +180,20 @@ class UnitScaledScheduler:
         scheduler (torch.optim.lr_scheduler.LRScheduler): the schedule, built on
             ``optimizer``; any torch scheduler (``LambdaLR``, ``StepLR``, ``SequentialLR``,
             ``ReduceLROnPlateau`` …).
+        multipliers (Mapping[str, float] | None): unit name -> fixed lr multiplier (finite,
+            > 0); units not named have 1.
 
     Raises:
-        ValueError: ``scheduler`` drives another optimizer, or a group has no or a
-            duplicate ``"name"``.
+        ValueError: ``scheduler`` drives another optimizer, a group has no or a duplicate
+            ``"name"``, or a multiplier names no unit or is not a positive number.
     """
 
-    def __init__(self, optimizer: Optimizer, scheduler: Any) -> None:
+    def __init__(
+        self,
+        optimizer: Optimizer,
+        scheduler: Any,
+        multipliers: Mapping[str, float] | None = None,
+    ) -> None:
         if getattr(scheduler, "optimizer", None) is not optimizer:
             raise ValueError(
                 "the lr scheduler was built on another optimizer: build it on the optimizer "
@@ -203,10 +213,20 @@ class UnitScaledScheduler:
         self.scheduler = scheduler
         self._names: list[str] = names
         self._scales: dict[str, float] = dict.fromkeys(names, 1.0)
+        multipliers = dict(multipliers or {})
+        unknown = sorted(set(multipliers) - set(names))
+        bad = {n: m for n, m in multipliers.items() if not _is_finite(m) or float(m) <= 0.0}
+        if unknown or bad:
+            raise ValueError(
+                f"lr multipliers must name units of the optimizer with positive numbers; "
+                f"unknown: {unknown[:5]}, bad: {bad}"
+            )
+        self.multipliers: dict[str, float] = {n: float(multipliers.get(n, 1.0)) for n in names}
         self.last_refresh_step: int | None = None
         self.history: list[dict[str, Any]] = []
         for group in optimizer.param_groups:
             group[UNSCALED_LR_KEY] = _lr_value(group["lr"])
+        self._apply_scales()  # the multipliers hold from the first step
 
     @property
     def scales(self) -> dict[str, float]:
@@ -276,7 +296,7 @@ class UnitScaledScheduler:
         return lrs.pop()
 
     def lr_of(self, unit: str) -> float:
-        """The lr a unit's param group runs at now (scaled).
+        """The lr a unit's param group runs at now (scaled and multiplied).
 
         Args:
             unit (str): the unit name, e.g. ``layers.27.attn.q_proj.weight``.
@@ -338,7 +358,8 @@ class UnitScaledScheduler:
 
     def _apply_scales(self) -> None:
         for group in self.optimizer.param_groups:
-            _write_lr(group, group[UNSCALED_LR_KEY] * self._scales[group["name"]])
+            name = group["name"]
+            _write_lr(group, group[UNSCALED_LR_KEY] * self._scales[name] * self.multipliers[name])
 
     def _check_units(self, given: Mapping[str, Any], what: str) -> None:
         names = set(self._names)

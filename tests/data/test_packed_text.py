@@ -108,3 +108,29 @@ def test_every_local_format_gives_the_same_tokens(tokenizer, tmp_path: Path) -> 
     assert validation.info.num_documents == 3
     with pytest.raises(ValueError, match="saved DatasetDict without split 'test'"):
         packed_text_dataset(tokenizer, str(tmp_path / "saved_dict"), max_seq_len=8, split="test")
+
+
+def test_bos_leads_every_chunk(tmp_path: Path) -> None:
+    """Gemma's convention: BOS at position 0 of every chunk, documents inside a chunk
+    separated by end-of-text alone (no BOS label the model would have to learn)."""
+    from adept_components.models.tokenizers import hf_tokenizer
+
+    tokenizer = hf_tokenizer(str(DEMO_MODEL), bos_token="<|im_start|>")
+    path = tmp_path / "corpus.jsonl"
+    path.write_text("".join(json.dumps({"text": d}) + "\n" for d in _docs()))
+    data = packed_text_dataset(tokenizer, str(path), max_seq_len=32, bos_leads_chunks=True)
+    stream = [t for d in _docs() for t in tokenizer.encode(d, add_bos=False, add_eos=True)]
+    n = len(stream) // 31
+    assert len(data) == n
+    chunks = torch.stack([data[i] for i in range(n)])
+    assert (chunks[:, 0] == tokenizer.bos_id).all()
+    assert not (chunks[:, 1:] == tokenizer.bos_id).any()
+    assert torch.equal(chunks[:, 1:].reshape(-1), torch.tensor(stream[: n * 31]))
+    assert data.info.num_dropped_tokens == len(stream) - n * 31
+
+
+def test_bos_leads_chunks_needs_a_bos(tokenizer, tmp_path: Path) -> None:
+    path = tmp_path / "corpus.txt"
+    path.write_text("\n\n".join(_docs()))
+    with pytest.raises(ValueError, match="tokenizer has no BOS token: set tokenizer.bos_token"):
+        packed_text_dataset(tokenizer, str(path), max_seq_len=32, bos_leads_chunks=True)

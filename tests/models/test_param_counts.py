@@ -95,3 +95,28 @@ def test_llama_param_count_equals_transformers(name: str) -> None:
         rope_scaling={**_LLAMA_SCALING, "factor": factor},
     )
     assert _count(getattr(models, name)) == expected
+
+
+# Published config.json numbers of google/gemma-3-270m and -1b-pt (layers, hidden, intermediate)
+# and their published parameter counts.
+GEMMA3_CONFIGS = {
+    "gemma3_270m": (18, 640, 2048, 268_098_176),
+    "gemma3_1b": (26, 1152, 6912, 999_885_952),
+}
+
+
+@pytest.mark.parametrize("name", sorted(GEMMA3_CONFIGS))
+def test_gemma3_param_count_equals_transformers(name: str) -> None:
+    layers, hidden, inter, published = GEMMA3_CONFIGS[name]
+    expected = _hf_count(
+        "gemma3_text",
+        vocab_size=262_144,
+        num_hidden_layers=layers,
+        hidden_size=hidden,
+        intermediate_size=inter,
+        num_attention_heads=4,
+        num_key_value_heads=1,
+        head_dim=256,
+        sliding_window=512,
+    )
+    assert _count(getattr(models, name)) == expected == published

@@ -139,6 +139,49 @@ def test_every_group_lr_is_base_times_schedule_times_scale(options: dict) -> Non
     assert scheduler.history[1]["scales"] == dict.fromkeys(UNITS, 1.0)
 
 
+def test_fixed_multipliers_hold_from_the_first_step_and_survive_refreshes() -> None:
+    """A zero_post_norm copy's gains: lr = base · schedule · scale · multiplier, always."""
+    optimizer = named_groups(UNITS)
+    multipliers = {UNITS[0]: 30.0, UNITS[-1]: 2.5}
+    scheduler = UnitScaledScheduler(
+        optimizer, get_cosine_schedule_with_warmup(optimizer, WARMUP, TOTAL), multipliers
+    )
+    scales = dict.fromkeys(UNITS, 1.0)
+    for step in range(TOTAL + 1):
+        if step > 0:
+            optimizer.step()
+            scheduler.step()
+        if step == 8:
+            scales = dict(lr_scales(IMPORTANCE[3]))
+            scheduler.set_scales(scales, step=step)
+        for name in UNITS:
+            expected = (
+                BASE_LR * cosine_with_warmup(step) * scales[name] * multipliers.get(name, 1.0)
+            )
+            assert scheduler.lr_of(name) == expected, (step, name)
+    state = scheduler.state_dict()
+    assert "multipliers" not in state  # config-derived: a resumed run passes them again
+    again = UnitScaledScheduler(
+        opt := named_groups(UNITS), get_cosine_schedule_with_warmup(opt, WARMUP, TOTAL), multipliers
+    )
+    again.load_state_dict(state)
+    assert again.get_last_lr() == scheduler.get_last_lr()
+
+
+@pytest.mark.parametrize(
+    ("multipliers", "message"),
+    [
+        ({"layers.99.sa_scale.scale": 2.0}, "unknown"),
+        ({UNITS[0]: 0.0}, "bad"),
+        ({UNITS[0]: -1}, "bad"),
+    ],
+)
+def test_bad_multipliers_are_refused(multipliers: dict, message: str) -> None:
+    optimizer = named_groups(UNITS)
+    with pytest.raises(ValueError, match=message):
+        UnitScaledScheduler(optimizer, StepLR(optimizer, 2), multipliers)
+
+
 def test_paper_default_pauses_the_most_important_unit() -> None:
     optimizer = named_groups(UNITS)
     scheduler = UnitScaledScheduler(

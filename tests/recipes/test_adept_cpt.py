@@ -411,10 +411,10 @@ def test_saved_profile_skips_probing(tmp_path: Path) -> None:
 def test_nan_loss_stops_and_keeps_the_last_checkpoint(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from torchtune.modules.loss import CEWithChunkedOutputLoss
+    from adept_components.losses import ChunkedHeadCrossEntropy
 
     calls = {"n": 0}
-    real = CEWithChunkedOutputLoss.forward
+    real = ChunkedHeadCrossEntropy.__call__
 
     def poisoned(self, logits, labels):
         loss = real(self, logits, labels)
@@ -424,7 +424,7 @@ def test_nan_loss_stops_and_keeps_the_last_checkpoint(
                 return loss * float("nan")
         return loss
 
-    monkeypatch.setattr(CEWithChunkedOutputLoss, "forward", poisoned)
+    monkeypatch.setattr(ChunkedHeadCrossEntropy, "__call__", poisoned)
     out = tmp_path / "nan"
     with pytest.raises(SystemExit) as exit_info:
         adept_cpt.main(

@@ -49,14 +49,42 @@ SMOLLM2_CONFIG = {
     "tie_word_embeddings": True,
 }
 
+# Gemma 3 270M's config.json (what benchmarks/prepare_gemma3.py writes); 268,098,176 parameters.
+GEMMA3_270M_CONFIG = {
+    "model_type": "gemma3_text",
+    "vocab_size": 262144,
+    "num_hidden_layers": 18,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 1,
+    "hidden_size": 640,
+    "intermediate_size": 2048,
+    "head_dim": 256,
+    "max_position_embeddings": 32768,
+    "rms_norm_eps": 1e-6,
+    "query_pre_attn_scalar": 256,
+    "sliding_window": 512,
+    "layer_types": (["sliding_attention"] * 5 + ["full_attention"]) * 3,
+    "rope_parameters": {
+        "full_attention": {"rope_theta": 1000000.0, "rope_type": "default"},
+        "sliding_attention": {"rope_theta": 10000.0, "rope_type": "default"},
+    },
+    "tie_word_embeddings": True,
+}
+# Parameters of the models the configs build from a prepared directory, as published.
+PREPARED = {
+    "smollm2_": (SMOLLM2_CONFIG, 134_515_008),
+    "gemma3_270m_": (GEMMA3_270M_CONFIG, 268_098_176),
+}
+
 
 @pytest.mark.parametrize("name", CPT_CONFIGS)
 def test_config_validates_and_builds_on_meta(name: str, tmp_path) -> None:
     import json
 
     cfg = load_config(["--config", name])
-    if name.startswith("smollm2_"):  # model_from_hf_config reads the prepared directory
-        (tmp_path / "config.json").write_text(json.dumps(SMOLLM2_CONFIG))
+    prepared = next((p for prefix, p in PREPARED.items() if name.startswith(prefix)), None)
+    if prepared:  # model_from_hf_config reads the prepared directory
+        (tmp_path / "config.json").write_text(json.dumps(prepared[0]))
         cfg.checkpointer.checkpoint_dir = str(tmp_path)
     OmegaConf.resolve(cfg)
     cfg.device = "cpu"  # the paper configs say cuda; this machine may have none
@@ -68,8 +96,8 @@ def test_config_validates_and_builds_on_meta(name: str, tmp_path) -> None:
     with torch.device("meta"):
         base = tt_config.instantiate(cfg.model)
     num_layers = len(base.layers)
-    if name.startswith("smollm2_"):
-        assert sum(p.numel() for p in base.parameters()) == 134_515_008
+    if prepared:
+        assert sum(p.numel() for p in base.parameters()) == prepared[1]
     k = cfg.expansion.num_layers
     meta = ExpansionMetadata(num_layers, uniform_source_layers(num_layers, k))
     with torch.device("meta"):

@@ -23,8 +23,6 @@ import torch
 import transformers
 from conftest import tune_run
 
-from adept_components.config import asset_path
-
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
 
@@ -42,29 +40,6 @@ def smollm2_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     assert done.returncode == 0, done.stderr[-3000:]
     assert "greedy 'The capital of France is' ->' Paris." in done.stdout, done.stdout
     return out
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Small stand-ins for what ``prepare_real_text.py`` writes, under the same file names."""
-    directory = tmp_path_factory.mktemp("text")
-    general = Path(asset_path("demo/general.txt")).read_text().split("\n\n")
-    domain = Path(asset_path("demo/domain.txt")).read_text().split("\n\n")
-    files = {
-        "general_probe.txt": general[:40],
-        "general_heldout_wiki.txt": general[-40:],
-        "medical_train.txt": domain[:400],
-        "medical_heldout.txt": domain[-40:],
-    }
-    for name, docs in files.items():
-        (directory / name).write_text("\n\n".join(docs) + "\n")
-    pairs = [
-        {"instruction": f"What is {i} + {i}?", "output": f"{i} + {i} = {2 * i}."} for i in range(8)
-    ]
-    (directory / "general_probe_instruct.jsonl").write_text(
-        "".join(json.dumps(p) + "\n" for p in pairs)
-    )
-    return directory
 
 
 def _tune_run(smollm2_dir: Path, data_dir: Path, out: Path, *overrides: str) -> str:
