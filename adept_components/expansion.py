@@ -54,7 +54,7 @@ ZERO_INIT_PREFIXES: tuple[str, ...] = RESIDUAL_WRITERS
 COPY_INITS: tuple[str, ...] = ("auto", "zero_out_proj", "zero_post_norm")
 # Learning-rate multiplier of a zero_post_norm copy's gains (``gate_units``), measured on
 # Gemma 3 270M (BENCHMARKS.md, "Expansion under sandwich norms").
-GATE_LR_MULTIPLIER = 1.0
+GATE_LR_MULTIPLIER = 100.0
 _LAYER_KEY = re.compile(r"^layers\.(\d+)\.(.+)$")
 
 

@@ -160,14 +160,14 @@ def test_gemma3_end_to_end(gemma3_dir: Path, data_dir: Path, tmp_path: Path) -> 
     canary = json.loads((tmp_path / "train" / "canary.json").read_text())
     general = [c["general_loss"] - c["general_base"] for c in canary]
     domain = [c["domain_loss"] - c["domain_base"] for c in canary]
-    # Measured (fp32, CPU): see BENCHMARKS.md "Expansion under sandwich norms".
-    assert max(general) < GENERAL_BOUND, general
-    assert domain[-1] < 0, domain
+    # Measured (fp32, CPU, 2 x 64 tokens a step at lr 3e-4, gains at x100): general -0.0004,
+    # -0.0012, -0.0015 and domain -0.0013, -0.0045, -0.0060 after steps 1-3. The spec's init
+    # (zeroed projections) puts the general loss nats above the base within a few steps
+    # (BENCHMARKS.md, "Gemma 3 270M: expansion under sandwich norms").
+    assert max(general) < 0.01, general
+    assert domain[-1] < domain[0] < 0, domain
     trained = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "train" / "final")
     assert trained.config.num_hidden_layers == 22
     with torch.no_grad():
         logits = trained.eval()(tokens[:, :64]).logits
     assert torch.isfinite(logits).all()
-
-
-GENERAL_BOUND = 0.05
