@@ -504,6 +504,40 @@ def write_hf_model(
 # ----------------------------------------------------------------------- GGUF checkpoints
 
 
+def gguf_model(path: Path, architecture: str, program: str, install_hint: str) -> str:
+    """Refuse a file that is not a readable GGUF of ``architecture``; its recorded name.
+
+    Args:
+        path (Path): the GGUF file (it exists).
+        architecture (str): the ``general.architecture`` it must have (``llama``, ``gemma3``).
+        program (str): the script's name, first in every message.
+        install_hint (str): how to install the ``gguf`` package.
+
+    Returns:
+        str: the model name the file records (``general.name``), or the file's stem.
+
+    Raises:
+        SystemExit: ``gguf`` missing, an unreadable file, or another architecture.
+    """
+    try:
+        from gguf import GGUFReader
+    except ImportError:
+        raise SystemExit(f"{program}: the gguf package is missing: {install_hint}") from None
+    try:
+        reader = GGUFReader(str(path))
+    except Exception as e:  # gguf raises ValueError, struct.error, ... on a foreign file
+        raise SystemExit(f"{program}: {path} is not a readable GGUF file ({e})") from None
+
+    def field(name: str) -> str | None:
+        entry = reader.fields.get(name)
+        return None if entry is None else bytes(entry.parts[entry.data[0]]).decode()
+
+    found = field("general.architecture")
+    if found != architecture:
+        raise SystemExit(f"{program}: {path} holds a {found!r} model; expected {architecture!r}")
+    return field("general.name") or path.stem
+
+
 def gguf_to_hf_directory(gguf_file: Path, directory: Path) -> None:
     """Dequantize a GGUF checkpoint with transformers and save it as an HF model directory.
 

@@ -172,25 +172,9 @@ def check_gemma3_gguf(path: Path, expected_sha256: str) -> str:
             f"prepare_gemma3: {path} has sha256 {digest}, expected {expected_sha256} "
             f"({GGUF_NAME}): pass the right file, or leave out --gguf to assemble it"
         )
-    try:
-        from gguf import GGUFReader
-    except ImportError:
-        raise SystemExit(f"prepare_gemma3: the gguf package is missing: {INSTALL}") from None
-    try:
-        reader = GGUFReader(str(path))
-    except Exception as e:  # gguf raises ValueError, struct.error, ... on a foreign file
-        raise SystemExit(f"prepare_gemma3: {path} is not a readable GGUF file ({e})") from None
+    from common import gguf_model
 
-    def field(name: str) -> str | None:
-        entry = reader.fields.get(name)
-        return None if entry is None else bytes(entry.parts[entry.data[0]]).decode()
-
-    architecture = field("general.architecture")
-    if architecture != "gemma3":
-        raise SystemExit(
-            f"prepare_gemma3: {path} holds a {architecture!r} model; expected 'gemma3'"
-        )
-    return field("general.name") or path.stem
+    return gguf_model(path, "gemma3", "prepare_gemma3", INSTALL)
 
 
 def check_config(directory: Path) -> dict:

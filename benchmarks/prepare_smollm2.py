@@ -78,26 +78,9 @@ def check_llama_gguf(path: Path) -> str:
     """
     if not path.is_file():
         raise SystemExit(f"prepare_smollm2: --gguf {path}: no such file")
-    try:
-        from gguf import GGUFReader
-    except ImportError:
-        raise SystemExit("prepare_smollm2: the gguf package is missing: pip install gguf") from None
-    try:
-        reader = GGUFReader(str(path))
-    except Exception as e:  # gguf raises ValueError, struct.error, ... on a foreign file
-        raise SystemExit(f"prepare_smollm2: {path} is not a readable GGUF file ({e})") from None
+    from common import gguf_model
 
-    def field(name: str) -> str | None:
-        entry = reader.fields.get(name)
-        return None if entry is None else bytes(entry.parts[entry.data[0]]).decode()
-
-    architecture = field("general.architecture")
-    if architecture != "llama":
-        raise SystemExit(
-            f"prepare_smollm2: {path} holds a {architecture!r} model; only the Llama "
-            "architecture is supported"
-        )
-    return field("general.name") or path.stem
+    return gguf_model(path, "llama", "prepare_smollm2", "pip install gguf")
 
 
 def write_notice(tmp: Path, gguf_file: Path, model_name: str) -> None:

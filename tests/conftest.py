@@ -213,6 +213,56 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return directory
 
 
+def real_model_run(config: str, model_dir: Path, data_dir: Path, out: Path, *overrides: str) -> str:
+    """``tune run adept_cpt --config CONFIG`` on a prepared real model and the stand-in text,
+    with a small probe and short chunks (CPU-sized); asserts success, returns the output."""
+    args = [
+        "adept_cpt",
+        "--config",
+        config,
+        f"checkpointer.checkpoint_dir={model_dir}",
+        f"data_dir={data_dir}",
+        f"output_dir={out}",
+        "probe.max_seq_len=64",
+        "probe.parts.0.num_samples=4",
+        "probe.parts.1.num_samples=4",
+        "dataset.max_seq_len=64",
+        "batch_size=2",
+        *overrides,
+    ]
+    done = tune_run(args, cwd=out.parent, threads=2)
+    assert done.returncode == 0, done.stderr[-4000:]
+    return done.stdout + done.stderr
+
+
+def hf_logits(directory: Path, tokens: torch.Tensor) -> torch.Tensor:
+    """transformers' fp32 logits of ``tokens`` for the model saved in ``directory``."""
+    import transformers
+
+    model = transformers.AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32)
+    with torch.no_grad():
+        return model(tokens).logits
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Largest absolute difference relative to the reference's largest magnitude."""
+    return ((a - b).abs().max() / b.abs().max()).item()
+
+
+def run_script(script: Path, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    """``python SCRIPT ARGS`` in a subprocess, output captured."""
+    return subprocess.run(
+        [sys.executable, str(script), *args], capture_output=True, text=True, timeout=timeout
+    )
+
+
+def last_error_line(done: subprocess.CompletedProcess) -> str:
+    """The one line a refused run ends with (no traceback), torchao's notice left out."""
+    lines = [line for line in done.stderr.splitlines() if "cpp extensions" not in line]
+    assert "Traceback" not in done.stderr, done.stderr
+    return lines[-1]
+
+
 class PreparedModel(NamedTuple):
     """What one run of a ``benchmarks/prepare_*.py`` script left: its output and its report."""
 

@@ -17,7 +17,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import PreparedModel
+from conftest import PreparedModel, last_error_line, run_script
 
 BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
 sys.path.insert(0, str(BENCH))
@@ -48,15 +48,7 @@ TEXTS = (
 
 
 def _prepare(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=300
-    )
-
-
-def _last_line(done: subprocess.CompletedProcess) -> str:
-    lines = [line for line in done.stderr.splitlines() if "cpp extensions" not in line]
-    assert "Traceback" not in done.stderr, done.stderr
-    return lines[-1]
+    return run_script(SCRIPT, *args)
 
 
 def _exit_message(monkeypatch: pytest.MonkeyPatch, missing: str, out: Path) -> str:
@@ -80,13 +72,13 @@ def test_a_damaged_gguf_is_refused_by_its_sha256(tmp_path: Path) -> None:
     fake.write_bytes(b"GGUF" + bytes(1000))
     out = tmp_path / "out"
     done = _prepare("--out-dir", str(out), "--gguf", str(fake))
-    line = _last_line(done)
+    line = last_error_line(done)
     assert done.returncode == 1
     digest = prepare_gemma3.sha256_of(fake)
     assert f"prepare_gemma3: {fake} has sha256 {digest}, expected {package.EXPECTED_SHA256}" in line
     assert not out.exists() and not list(tmp_path.glob(".out*"))
     done = _prepare("--out-dir", str(out), "--gguf", str(tmp_path / "nope.gguf"))
-    assert done.returncode == 1 and "nope.gguf: no such file" in _last_line(done)
+    assert done.returncode == 1 and "nope.gguf: no such file" in last_error_line(done)
     assert not out.exists()
 
 

@@ -7,35 +7,27 @@ these need only the ``gguf`` package.
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from conftest import last_error_line, run_script
 
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "prepare_smollm2.py"
 
 
 def _prepare(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=300
-    )
-
-
-def _last_line(done: subprocess.CompletedProcess) -> str:
-    lines = [line for line in done.stderr.splitlines() if "cpp extensions" not in line]
-    assert "Traceback" not in done.stderr, done.stderr
-    return lines[-1]
+    return run_script(SCRIPT, *args)
 
 
 def test_missing_and_foreign_gguf_files(tmp_path: Path) -> None:
     out = tmp_path / "out"
     done = _prepare("--out-dir", str(out), "--gguf", str(tmp_path / "nope.gguf"))
-    assert done.returncode == 1 and "nope.gguf: no such file" in _last_line(done)
+    assert done.returncode == 1 and "nope.gguf: no such file" in last_error_line(done)
     text = tmp_path / "config.json"
     text.write_text("{}")
     done = _prepare("--out-dir", str(out), "--gguf", str(text))
     assert done.returncode == 1
-    assert f"{text} is not a readable GGUF file" in _last_line(done)
+    assert f"{text} is not a readable GGUF file" in last_error_line(done)
     assert not out.exists()
 
 
@@ -53,5 +45,5 @@ def test_a_gguf_of_another_architecture_is_refused(tmp_path: Path) -> None:
     out = tmp_path / "out"
     done = _prepare("--out-dir", str(out), "--gguf", str(path))
     assert done.returncode == 1
-    assert "holds a 'gemma' model; only the Llama architecture" in _last_line(done)
+    assert "holds a 'gemma' model; expected 'llama'" in last_error_line(done)
     assert not out.exists()

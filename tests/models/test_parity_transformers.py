@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 import transformers
-from conftest import TINY_LLAMA, TINY_QWEN3, save_hf_model
+from conftest import TINY_LLAMA, TINY_QWEN3, hf_logits, rel_err, save_hf_model
 
 from adept_components.checkpointing import HFCheckpointer
 from adept_components.models import (
@@ -63,22 +63,12 @@ def _tokens(vocab: int) -> torch.Tensor:
     return torch.randint(0, vocab, (2, 37), generator=torch.Generator().manual_seed(1))
 
 
-def _hf_logits(directory: Path, tokens: torch.Tensor) -> torch.Tensor:
-    model = transformers.AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32)
-    with torch.no_grad():
-        return model(tokens).logits
-
-
-def _rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a - b).abs().max() / b.abs().max()).item()
-
-
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
-def test_hf_to_ours_to_hf_logits(tmp_path: Path, variant: str) -> None:
+def test_hf_to_ours_tohf_logits(tmp_path: Path, variant: str) -> None:
     arch = VARIANTS[variant]
     src = save_hf_model(tmp_path / "hf", arch)
     tokens = _tokens(arch["vocab_size"])
-    expected = _hf_logits(src, tokens)
+    expected = hf_logits(src, tokens)
 
     model = model_from_hf_config(str(src))
     ckpt = HFCheckpointer(str(src), str(tmp_path / "out"))
@@ -87,10 +77,10 @@ def test_hf_to_ours_to_hf_logits(tmp_path: Path, variant: str) -> None:
     with torch.no_grad():
         ours = model(tokens)
     assert ours.shape == expected.shape
-    assert _rel_err(ours, expected) <= 1e-5
+    assert rel_err(ours, expected) <= 1e-5
 
     saved = ckpt.save(model.state_dict(), architecture_of(model), "roundtrip")
-    assert _rel_err(_hf_logits(saved, tokens), expected) <= 1e-5
+    assert rel_err(hf_logits(saved, tokens), expected) <= 1e-5
 
 
 def test_stock_torchtune_attention_order_is_wrong_for_qwen3(tmp_path: Path) -> None:
@@ -99,14 +89,14 @@ def test_stock_torchtune_attention_order_is_wrong_for_qwen3(tmp_path: Path) -> N
 
     src = save_hf_model(tmp_path / "hf", TINY_QWEN3)
     tokens = _tokens(TINY_QWEN3["vocab_size"])
-    expected = _hf_logits(src, tokens)
+    expected = hf_logits(src, tokens)
     model = model_from_hf_config(str(src))
     HFCheckpointer(str(src), str(tmp_path / "out")).load_into(model)
     for layer in model.layers:
         layer.attn.forward = MultiHeadAttention.forward.__get__(layer.attn)
     model.eval()
     with torch.no_grad():
-        assert _rel_err(model(tokens), expected) > 1e-3
+        assert rel_err(model(tokens), expected) > 1e-3
 
 
 def test_saved_config_is_written_from_the_model(tmp_path: Path) -> None:
@@ -132,7 +122,7 @@ def test_custom_rope_scaling_numbers_change_the_logits(tmp_path: Path) -> None:
     arch = VARIANTS["llama3_scaled_rope_custom"]
     src = save_hf_model(tmp_path / "hf", arch)
     tokens = _tokens(arch["vocab_size"])
-    expected = _hf_logits(src, tokens)
+    expected = hf_logits(src, tokens)
     config = read_hf_config(src)
     fixed = dataclasses.replace(
         ModelArchitecture.from_hf_config(config),
@@ -142,7 +132,7 @@ def test_custom_rope_scaling_numbers_change_the_logits(tmp_path: Path) -> None:
     HFCheckpointer(str(src), str(tmp_path / "out")).load_into(model)
     model.eval()
     with torch.no_grad():
-        assert _rel_err(model(tokens), expected) > 1e-4
+        assert rel_err(model(tokens), expected) > 1e-4
 
 
 @pytest.mark.parametrize("variant", ["llama_tied_unscaled", "llama3_scaled_rope_custom"])

@@ -24,7 +24,14 @@ from pathlib import Path
 import pytest
 import torch
 import transformers
-from conftest import SAMPLE_TEXT, TINY_GEMMA3, save_hf_model, tune_run, write_qwen_tokenizer
+from conftest import (
+    SAMPLE_TEXT,
+    TINY_GEMMA3,
+    real_model_run,
+    save_hf_model,
+    tune_run,
+    write_qwen_tokenizer,
+)
 from safetensors.torch import load_file
 
 from adept_components.config import asset_path
@@ -105,23 +112,7 @@ def test_tiny_gemma3_expands_exactly_and_trains_only_the_copies(
 
 
 def _tune_run(model_dir: Path, data_dir: Path, out: Path, *overrides: str) -> str:
-    args = [
-        "adept_cpt",
-        "--config",
-        "gemma3_270m_medical",
-        f"checkpointer.checkpoint_dir={model_dir}",
-        f"data_dir={data_dir}",
-        f"output_dir={out}",
-        "probe.max_seq_len=64",
-        "probe.parts.0.num_samples=4",
-        "probe.parts.1.num_samples=4",
-        "dataset.max_seq_len=64",
-        "batch_size=2",
-        *overrides,
-    ]
-    done = tune_run(args, cwd=out.parent, threads=2)
-    assert done.returncode == 0, done.stderr[-4000:]
-    return done.stdout + done.stderr
+    return real_model_run("gemma3_270m_medical", model_dir, data_dir, out, *overrides)
 
 
 @pytest.mark.slow

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import torch
 import transformers
-from conftest import tune_run
+from conftest import real_model_run
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
@@ -42,24 +42,8 @@ def smollm2_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-def _tune_run(smollm2_dir: Path, data_dir: Path, out: Path, *overrides: str) -> str:
-    args = [
-        "adept_cpt",
-        "--config",
-        "smollm2_135m_medical",
-        f"checkpointer.checkpoint_dir={smollm2_dir}",
-        f"data_dir={data_dir}",
-        f"output_dir={out}",
-        "probe.max_seq_len=64",
-        "probe.parts.0.num_samples=4",
-        "probe.parts.1.num_samples=4",
-        "dataset.max_seq_len=64",
-        "batch_size=2",
-        *overrides,
-    ]
-    done = tune_run(args, cwd=out.parent, threads=2)
-    assert done.returncode == 0, done.stderr[-4000:]
-    return done.stdout + done.stderr
+def _tune_run(model_dir: Path, data_dir: Path, out: Path, *overrides: str) -> str:
+    return real_model_run("smollm2_135m_medical", model_dir, data_dir, out, *overrides)
 
 
 def test_smollm2_end_to_end(smollm2_dir: Path, data_dir: Path, tmp_path: Path) -> None:

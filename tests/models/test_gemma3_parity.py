@@ -12,8 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-import transformers
-from conftest import TINY_GEMMA3, save_hf_model
+from conftest import TINY_GEMMA3, hf_logits, rel_err, save_hf_model
 
 from adept_components.checkpointing import HFCheckpointer
 from adept_components.expansion import (
@@ -45,16 +44,6 @@ def _tokens(vocab: int = 128) -> torch.Tensor:
     return torch.randint(0, vocab, (2, 37), generator=torch.Generator().manual_seed(1))
 
 
-def _hf_logits(directory: Path, tokens: torch.Tensor) -> torch.Tensor:
-    model = transformers.AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32)
-    with torch.no_grad():
-        return model(tokens).logits
-
-
-def _rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a - b).abs().max() / b.abs().max()).item()
-
-
 def _ours(directory: Path, out: Path) -> tuple[torch.nn.Module, HFCheckpointer]:
     model = model_from_hf_config(str(directory))
     checkpointer = HFCheckpointer(str(directory), str(out))
@@ -63,15 +52,15 @@ def _ours(directory: Path, out: Path) -> tuple[torch.nn.Module, HFCheckpointer]:
 
 
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
-def test_hf_to_ours_to_hf_logits(tmp_path: Path, variant: str) -> None:
+def test_hf_to_ours_tohf_logits(tmp_path: Path, variant: str) -> None:
     src = save_hf_model(tmp_path / "hf", VARIANTS[variant])
     tokens = _tokens()
-    expected = _hf_logits(src, tokens)
+    expected = hf_logits(src, tokens)
     model, checkpointer = _ours(src, tmp_path / "out")
     with torch.no_grad():
-        assert _rel_err(model(tokens), expected) <= 1e-5
+        assert rel_err(model(tokens), expected) <= 1e-5
     saved = checkpointer.save(model.state_dict(), architecture_of(model), "roundtrip")
-    assert _rel_err(_hf_logits(saved, tokens), expected) <= 1e-5
+    assert rel_err(hf_logits(saved, tokens), expected) <= 1e-5
     before, after = read_hf_config(src), read_hf_config(saved)
     for key in ("layer_types", "rope_parameters", "sliding_window", "query_pre_attn_scalar"):
         assert after[key] == before[key], key
@@ -82,14 +71,14 @@ def test_the_window_and_the_scale_decide_the_logits(tmp_path: Path) -> None:
     """Guard the parity test: without the window, or with head_dim's scale, it fails."""
     src = save_hf_model(tmp_path / "hf", TINY_GEMMA3)
     tokens = _tokens()
-    expected = _hf_logits(src, tokens)
+    expected = hf_logits(src, tokens)
     for change in ({"sliding_window": None}, {"scale": None}):
         model, _ = _ours(src, tmp_path / "out")
         for layer in model.layers:
             for name, value in change.items():
                 setattr(layer.attn, name, value)
         with torch.no_grad():
-            assert _rel_err(model(tokens), expected) > 1e-3, change
+            assert rel_err(model(tokens), expected) > 1e-3, change
 
 
 def test_transformers_4_spelling_reads_as_the_5_spelling(tmp_path: Path) -> None:
@@ -99,7 +88,7 @@ def test_transformers_4_spelling_reads_as_the_5_spelling(tmp_path: Path) -> None
     arch["layer_types"] = ["sliding_attention"] * 5 + ["full_attention"]
     src = save_hf_model(tmp_path / "hf", arch)
     tokens = _tokens()
-    expected = _hf_logits(src, tokens)
+    expected = hf_logits(src, tokens)
     config = read_hf_config(src)
     params = config.pop("rope_parameters")
     legacy = {
@@ -115,7 +104,7 @@ def test_transformers_4_spelling_reads_as_the_5_spelling(tmp_path: Path) -> None
     )
     model, checkpointer = _ours(src, tmp_path / "out")
     with torch.no_grad():
-        assert _rel_err(model(tokens), expected) <= 1e-5
+        assert rel_err(model(tokens), expected) <= 1e-5
     # Saved in the spelling it came in, with the layer kinds written out.
     saved = read_hf_config(checkpointer.save(model.state_dict(), architecture_of(model), "o"))
     assert "rope_parameters" not in saved and "sliding_window_pattern" not in saved
@@ -129,7 +118,7 @@ def test_expanded_gemma3_loads_in_transformers_with_the_base_logits(
 ) -> None:
     src = save_hf_model(tmp_path / "hf", TINY_GEMMA3)
     tokens = _tokens()
-    expected = _hf_logits(src, tokens)
+    expected = hf_logits(src, tokens)
     checkpointer = HFCheckpointer(str(src), str(tmp_path / "out"))
     family = FAMILIES["gemma3"]
     meta = ExpansionMetadata(6, (1, 2))  # a sliding and a global layer
@@ -146,7 +135,7 @@ def test_expanded_gemma3_loads_in_transformers_with_the_base_logits(
     base_types = TINY_GEMMA3["layer_types"]
     assert config["layer_types"] == [base_types[i] for i in meta.layer_sources]
     assert config["num_hidden_layers"] == 8
-    assert _rel_err(_hf_logits(saved, tokens), expected) <= 1e-5
+    assert rel_err(hf_logits(saved, tokens), expected) <= 1e-5
     # The copy of the global layer 2 is global, with the global RoPE base.
     copy = model.layers[meta.copy_positions[1]].attn
     assert copy.sliding_window is None and copy.pos_embeddings.base == 1_000_000.0
