@@ -189,10 +189,9 @@ class ChunkedHeadCrossEntropy:
     defers_head = True
 
     def __init__(self, num_output_chunks: int = 8) -> None:
-        if isinstance(num_output_chunks, bool) or not isinstance(num_output_chunks, int):
-            raise ValueError(f"num_output_chunks={num_output_chunks!r} must be a positive integer")
-        if num_output_chunks < 1:
-            raise ValueError(f"num_output_chunks={num_output_chunks!r} must be a positive integer")
+        chunks = num_output_chunks
+        if isinstance(chunks, bool) or not isinstance(chunks, int) or chunks < 1:
+            raise ValueError(f"num_output_chunks={chunks!r} must be a positive integer")
         self.num_output_chunks = num_output_chunks
 
     def __call__(self, output: Any, targets: torch.Tensor) -> torch.Tensor:

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 from torch import nn
-from torchtune.models.llama3_1 import Llama3ScaledRoPE
 from torchtune.modules import TiedLinear, TransformerDecoder
 
 from adept_components.models.family import (
@@ -24,7 +23,7 @@ from adept_components.models.family import (
     family_for_model_type,
     family_of,
 )
-from adept_components.models.gemma3 import FULL, SLIDING, LinearRopeScaling, LinearScaledRoPE
+from adept_components.models.gemma3 import LinearRopeScaling
 from adept_components.models.llama3 import Llama3RopeScaling
 
 
@@ -266,32 +265,7 @@ def architecture_of(model: nn.Module) -> ModelArchitecture:
     """
     family = family_of(model)
     layer = model.layers[0]
-    attn, rope = layer.attn, layer.attn.pos_embeddings
-    fields: dict[str, Any] = {"rope_base": float(rope.base)}
-    if isinstance(rope, Llama3ScaledRoPE):
-        fields["rope_scaling"] = Llama3RopeScaling(
-            factor=float(rope.scale_factor),
-            low_freq_factor=float(rope.low_freq_factor),
-            high_freq_factor=float(rope.high_freq_factor),
-            original_max_position_embeddings=int(rope.old_context_len),
-        )
-    windows = [getattr(block.attn, "sliding_window", None) for block in model.layers]
-    if family.name == "gemma3":
-        by_kind = {}
-        for block, window in zip(model.layers, windows, strict=True):
-            by_kind.setdefault(SLIDING if window else FULL, block.attn.pos_embeddings)
-        full, local = by_kind.get(FULL), by_kind.get(SLIDING)
-        scale = attn.scale
-        fields.update(
-            layer_types=tuple(SLIDING if w else FULL for w in windows),
-            sliding_window=next((w for w in windows if w), None) or 4096,
-            local_rope_base=float(local.base) if local is not None else 10_000.0,
-            rope_base=float(full.base) if full is not None else 1_000_000.0,
-            rope_scaling=LinearRopeScaling(float(full.factor))
-            if isinstance(full, LinearScaledRoPE)
-            else None,
-            query_pre_attn_scalar=None if scale is None else round(scale**-2, 6),
-        )
+    attn = layer.attn
     return ModelArchitecture(
         family=family.name,
         vocab_size=model.tok_embeddings.num_embeddings,
@@ -304,7 +278,7 @@ def architecture_of(model: nn.Module) -> ModelArchitecture:
         max_seq_len=model.max_seq_len,
         norm_eps=layer.sa_norm.eps,
         tie_word_embeddings=isinstance(model.output, TiedLinear),
-        **fields,
+        **family.read_module(model),
     )
 
 

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from torch import nn
+from torchtune.models.llama3_1 import Llama3ScaledRoPE
 from torchtune.modules import MultiHeadAttention, TransformerDecoder
 
 from adept_components._torchtune import LLAMA_FROM_HF, QWEN2_FROM_HF
@@ -26,6 +27,7 @@ from adept_components.models.gemma3 import (
     SLIDING,
     Gemma3Attention,
     LinearRopeScaling,
+    LinearScaledRoPE,
     check_layer_types,
     gemma3,
     interleaved_layer_types,
@@ -57,6 +59,8 @@ class ModelFamily:
             ``ModelArchitecture`` fields (RoPE variant, layer kinds ...), refusing variants
             the builder does not have with one line naming the field.
         write_hf (Callable): ``write_hf(architecture, config)`` writes those fields back.
+        read_module (Callable): ``read_module(model) -> dict`` of the same fields, read off a
+            built decoder (``architecture_of``): its RoPE, windows and scales.
         tie_default (bool): ``tie_word_embeddings`` when config.json does not say.
         hf_to_tune_keys (dict | None): HF -> torchtune parameter names (``{}`` = layer index);
             None: torchtune's Llama converter, which also permutes q/k rows.
@@ -78,6 +82,7 @@ class ModelFamily:
     build: Callable[[ModelArchitecture, int], TransformerDecoder]
     read_hf: Callable[[dict[str, Any], str], dict[str, Any]]
     write_hf: Callable[[ModelArchitecture, dict[str, Any]], None]
+    read_module: Callable[[nn.Module], dict[str, Any]]
     tie_default: bool = False
     hf_to_tune_keys: dict[str, str | None] | None = None
     norm_modules: tuple[str, ...] = _PRE_NORMS
@@ -346,6 +351,43 @@ _GEMMA3_FROM_HF: dict[str, str | None] = {
     "lm_head.weight": "output.weight",
 }
 
+# ------------------------------------------------------------------- fields of a built model
+
+
+def _rope_module_fields(model: nn.Module) -> dict[str, Any]:
+    """Qwen3, Llama: one RoPE module, its base and any Llama 3 scaling."""
+    rope = model.layers[0].attn.pos_embeddings
+    fields: dict[str, Any] = {"rope_base": float(rope.base)}
+    if isinstance(rope, Llama3ScaledRoPE):
+        fields["rope_scaling"] = Llama3RopeScaling(
+            factor=float(rope.scale_factor),
+            low_freq_factor=float(rope.low_freq_factor),
+            high_freq_factor=float(rope.high_freq_factor),
+            original_max_position_embeddings=int(rope.old_context_len),
+        )
+    return fields
+
+
+def _gemma3_module_fields(model: nn.Module) -> dict[str, Any]:
+    """Gemma 3: each layer's kind from its window, the two RoPE modules, the score scale."""
+    windows = [block.attn.sliding_window for block in model.layers]
+    ropes: dict[str, nn.Module] = {}
+    for block, window in zip(model.layers, windows, strict=True):
+        ropes.setdefault(SLIDING if window else FULL, block.attn.pos_embeddings)
+    full, local = ropes.get(FULL), ropes.get(SLIDING)
+    scale = model.layers[0].attn.scale
+    return {
+        "layer_types": tuple(SLIDING if w else FULL for w in windows),
+        "sliding_window": next((w for w in windows if w), 4096),
+        "local_rope_base": float(local.base) if local is not None else 10_000.0,
+        "rope_base": float(full.base) if full is not None else 1_000_000.0,
+        "rope_scaling": LinearRopeScaling(float(full.factor))
+        if isinstance(full, LinearScaledRoPE)
+        else None,
+        "query_pre_attn_scalar": None if scale is None else round(scale**-2, 6),
+    }
+
+
 # ------------------------------------------------------------------------------------ records
 
 FAMILIES: dict[str, ModelFamily] = {
@@ -359,6 +401,7 @@ FAMILIES: dict[str, ModelFamily] = {
             build=_build_gemma3,
             read_hf=_read_gemma3,
             write_hf=_write_gemma3,
+            read_module=_gemma3_module_fields,
             tie_default=True,
             hf_to_tune_keys=_GEMMA3_FROM_HF,
             norm_modules=(*_PRE_NORMS, "sa_scale", "mlp_scale", *_QK_NORMS),
@@ -374,6 +417,7 @@ FAMILIES: dict[str, ModelFamily] = {
             build=_build_qwen3,
             read_hf=lambda config, source: _read_plain_rope(config, source, "qwen3"),
             write_hf=_write_single_rope,
+            read_module=_rope_module_fields,
             hf_to_tune_keys=_QWEN3_FROM_HF,
             norm_modules=(*_PRE_NORMS, *_QK_NORMS),
         ),
@@ -385,6 +429,7 @@ FAMILIES: dict[str, ModelFamily] = {
             build=_build_llama,
             read_hf=_read_llama,
             write_hf=_write_single_rope,
+            read_module=_rope_module_fields,
         ),
     )
 }

@@ -162,3 +162,31 @@ def test_gemma3_end_to_end(gemma3_dir: Path, data_dir: Path, tmp_path: Path) -> 
     with torch.no_grad():
         logits = trained.eval()(tokens[:, :64]).logits
     assert torch.isfinite(logits).all()
+
+
+def test_adept_eval_holds_gemma3_to_bos_led_samples(
+    tiny_gemma3: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The retention report of two Gemma checkpoints measures <bos>-led samples only."""
+    import adept_eval
+
+    argv = [
+        "--config",
+        "adept_eval_demo",
+        f"base_checkpoint_dir={tiny_gemma3}",
+        f"adapted_checkpoint_dir={tiny_gemma3}",
+        "tokenizer._component_=adept_components.models.tokenizers.hf_tokenizer",
+        "+tokenizer.eos_token=<|endoftext|>",
+        "general.max_seq_len=32",
+        "domain.max_seq_len=32",
+    ]
+    with pytest.raises(SystemExit) as refused:
+        adept_eval.main([*argv, f"output_dir={tmp_path / 'no_bos'}"])
+    assert refused.value.code == 1
+    assert "needs <bos> at position 0" in capsys.readouterr().err
+    assert not (tmp_path / "no_bos").exists()
+
+    out = tmp_path / "bos"
+    assert adept_eval.main([*argv, f"output_dir={out}", "+tokenizer.bos_token=<|im_start|>"]) == 0
+    report = json.loads((out / "retention.json").read_text())
+    assert report["general"]["loss_delta"] == 0.0 and report["domain"]["loss_delta"] == 0.0
