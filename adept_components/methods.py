@@ -37,6 +37,8 @@ class Method:
         decoupled (bool): one learning rate per unit, scaled by unit importance on the probe
             and re-scored every ``unit_tuning.refresh_every`` steps (spec S2); False gives
             every trained weight the scheduled learning rate.
+        adapters (bool): train low-rank adapters (LoRA, the ``lora`` section) on the linear
+            layers of every block instead of any weight; selects and expands nothing.
         summary (str): one line for the docs and ``--help``.
 
     Raises:
@@ -48,6 +50,7 @@ class Method:
     select: Selection | None
     expand: bool
     decoupled: bool
+    adapters: bool = False
     summary: str = ""
 
     def __post_init__(self) -> None:
@@ -59,6 +62,11 @@ class Method:
             raise ValueError(
                 f"method {self.name!r} expands or decouples but selects no layers: set select"
             )
+        if self.adapters and (self.select is not None or self.decoupled):
+            raise ValueError(
+                f"method {self.name!r}: adapters train on every block; they neither select "
+                "nor decouple"
+            )
         if self.select == "spectrum" and (self.expand or self.decoupled):
             raise ValueError(
                 f"method {self.name!r}: select='spectrum' picks matrices, not layers; it can "
@@ -66,9 +74,11 @@ class Method:
             )
 
     @property
-    def trains(self) -> Literal["copies", "selected", "matrices", "all"]:
+    def trains(self) -> Literal["copies", "selected", "matrices", "adapters", "all"]:
         """What stage 2 trains: the copies, the selected original layers, the selected
-        original matrices (Spectrum), or every weight."""
+        original matrices (Spectrum), low-rank adapters, or every weight."""
+        if self.adapters:
+            return "adapters"
         if self.expand:
             return "copies"
         if self.select == "spectrum":
@@ -120,6 +130,14 @@ METHODS: dict[str, Method] = {
             expand=False,
             decoupled=False,
             summary="Spectrum: the top-SNR share of each kind of original matrix, one lr",
+        ),  # fmt: skip
+        Method(
+            "lora",
+            None,
+            expand=False,
+            decoupled=False,
+            adapters=True,
+            summary="LoRA: low-rank adapters on every block's linear layers, merged on save",
         ),  # fmt: skip
     )
 }

@@ -18,7 +18,7 @@ fp32 weights go into the training state so that resume continues from them exact
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -26,38 +26,26 @@ from torch import nn
 
 
 def keep_trainable_in_fp32(
-    model: nn.Module,
-    trainable_layers: list[int] | None,
-    compute_dtype: torch.dtype,
-    trainable_parameters: list[str] | None = None,
+    modules: Sequence[nn.Module], compute_dtype: torch.dtype
 ) -> list[nn.Module]:
-    """Keep the trainable layers' weights in fp32 and compute them in ``compute_dtype``.
+    """Keep the trainable modules' weights in fp32 and compute them in ``compute_dtype``.
 
     Call it before activation checkpointing, FSDP2 sharding, ``torch.compile`` and building the
     optimizer (so AdamW state is fp32 too). Only parameters are cast: buffers (RoPE caches, one
     module shared by every layer) keep their dtype.
 
     Args:
-        model (nn.Module): a torchtune ``TransformerDecoder`` after ``freeze_all_but``.
-        trainable_layers (list[int] | None): positions in ``model.layers`` that train; None
-            when every parameter trains (``method=full``): the whole model is then kept in fp32
-            and run under autocast, torch's usual mixed precision.
+        modules (Sequence[nn.Module]): what trains, as the run's ``TrainableSet.fp32_modules``
+            gives it: the copies, the selected matrices' modules, adapters, or the whole
+            model (``method=full``: torch's usual mixed precision).
         compute_dtype (torch.dtype): the run's dtype, in which matmuls keep running.
-        trainable_parameters (list[str] | None): when only some matrices train (Spectrum):
-            their names; the modules holding them are kept instead of whole layers.
 
     Returns:
-        list[nn.Module]: the modules now holding fp32 weights.
+        list[nn.Module]: the modules now holding fp32 weights (none in an fp32 run).
     """
-    if compute_dtype == torch.float32:
+    if compute_dtype == torch.float32 or not modules:
         return []
-    if trainable_parameters is not None:
-        modules = [model.get_submodule(name.rsplit(".", 1)[0]) for name in trainable_parameters]
-    elif trainable_layers is None:
-        modules = [model]
-    else:
-        modules = [model.layers[i] for i in trainable_layers]
-    device_type = next(model.parameters()).device.type
+    device_type = next(p for m in modules for p in m.parameters()).device.type
     for module in modules:
         with torch.no_grad():
             for param in module.parameters():
@@ -65,7 +53,7 @@ def keep_trainable_in_fp32(
         # An instance attribute: nn.Module.__call__, checkpoint wrappers and FSDP2's hooks all
         # go through ``self.forward``; the state dict keeps its names.
         module.forward = _under_autocast(module.forward, device_type, compute_dtype)
-    return modules
+    return list(modules)
 
 
 def _under_autocast(

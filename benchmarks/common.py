@@ -367,7 +367,7 @@ def copied_layers(messages: list[str]) -> str:
 def trained_layers(messages: list[str]) -> list[int] | None:
     """The trained layer positions the recipe logged; None when every weight trains."""
     for message in messages:
-        found = re.search(r"Trainable layers (\[[\d, ]*\])", message)
+        found = re.search(r"Trainable: layers (\[[\d, ]*\])", message)
         if found:
             return json.loads(found[1])
     return None

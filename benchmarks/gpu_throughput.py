@@ -174,7 +174,8 @@ def measure(spec: Spec) -> dict[str, Any]:
     from adept_components.config import RunPlan
     from adept_components.data import PackedText
     from adept_components.data.packed_text import CorpusInfo
-    from adept_components.expansion import ExpansionMetadata, expand_model, freeze_all_but
+    from adept_components.expansion import ExpansionMetadata, expand_model
+    from adept_components.trainable import freeze_all_but
 
     with tempfile.TemporaryDirectory() as output_dir:
         cfg = recipe_config(spec, output_dir)

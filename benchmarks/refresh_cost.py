@@ -37,14 +37,10 @@ import torch
 import torch.nn.functional as F
 from torch.optim.lr_scheduler import LambdaLR
 
-from adept_components.expansion import (
-    ExpansionMetadata,
-    expand_model,
-    freeze_all_but,
-    uniform_source_layers,
-)
+from adept_components.expansion import ExpansionMetadata, expand_model, uniform_source_layers
 from adept_components.importance import unit_importance
 from adept_components.optim import UnitScaledScheduler, lr_scales, unit_optimizer
+from adept_components.trainable import freeze_all_but
 
 
 def alternating_times(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, list[float]]:

@@ -99,8 +99,9 @@ def check_resume(args: argparse.Namespace, run: dict[str, Any]) -> bool:
 
 def qwen3_8b_projection() -> dict[str, Any]:
     """Bytes of one intermediate checkpoint of Qwen3-8B with four copies, both formats."""
-    from adept_components.expansion import ExpansionMetadata, expand_model, freeze_all_but
+    from adept_components.expansion import ExpansionMetadata, expand_model
     from adept_components.models.qwen3 import qwen3_8b
+    from adept_components.trainable import freeze_all_but
 
     with torch.device("meta"):
         base = qwen3_8b(max_seq_len=1024)

@@ -39,8 +39,8 @@ def build(model_dir: Path, seq_len: int, copies: bool) -> tuple[torch.nn.Module,
         copy_fills,
         expand_model,
         expand_state_dict,
-        freeze_all_but,
     )
+    from adept_components.trainable import freeze_all_but
 
     checkpointer = HFCheckpointer(str(model_dir), "/tmp/unused")
     arch = checkpointer.architecture

@@ -85,8 +85,6 @@ from adept_components.expansion import (
     expand_model,
     expand_state_dict,
     expansion_extra_json,
-    freeze_all_but,
-    freeze_all_but_parameters,
     gate_units,
     load_expansion_metadata,
     resolve_copy_init,
@@ -109,10 +107,20 @@ from adept_components.importance import (
 from adept_components.losses import ChunkedHeadCrossEntropy, heldout_loss, shift_labels
 from adept_components.models import architecture_of
 from adept_components.models.tokenizers import vocabulary_size
-from adept_components.optim import UnitScaledScheduler, lr_scales, plot_scales, unit_optimizer
+from adept_components.optim import UnitScaledScheduler, build_optimizer, lr_scales, plot_scales
 from adept_components.optim.row_scales import RowLRScaler, row_lr_scales
 from adept_components.optim.unit_groups import clean_param_name
 from adept_components.precision import keep_trainable_in_fp32
+from adept_components.trainable import (
+    Adapters,
+    Everything,
+    Layers,
+    Matrices,
+    TrainableSet,
+    check_adapter_rank,
+    match_rank,
+    trainable_from_json,
+)
 
 log = utils.get_logger("INFO")
 
@@ -236,6 +244,7 @@ class AdeptCPTRecipe:
             plan.stage1.importance == "snr" and plan.stage1.selection == "probe"
         ):
             named_errors("expansion.importance", check_snr_applies, model)
+        self.adapters = self._plan_adapters(model) if plan.lora is not None else None
         self.base_reference = base_reference(self.checkpointer)
         from_profile = plan.stage1.selection == "profile" and self.resume is None
         self.profile = self._read_profile(model) if from_profile else None
@@ -292,7 +301,7 @@ class AdeptCPTRecipe:
         state = self.state
         if self.resume is not None:
             self.metadata = self.resume.metadata
-            layers = self.resume.state["trainable_layers"]
+            layers = None
             if self.metadata is not None and not self.resume.full:
                 # the trained tensors load over the copies later
                 state = expand_state_dict(state, self.metadata, self._copy_fills())
@@ -308,22 +317,14 @@ class AdeptCPTRecipe:
             build = partial(expand_model, build, self.metadata)
         self.model = materialize(build, state, self.architecture.family, self.device, self.dtype)
         self.state = None
-        self.trainable_layers: list[int] | None = None if layers is None else list(layers)
-        self.trainable_matrices: list[str] | None = None
-        if self.plan.stage1.selection == "spectrum":
-            self.trainable_matrices = self._spectrum_matrices()
-            summary = freeze_all_but_parameters(self.model, self.trainable_matrices)
+        self.trainable = self._trainable_set(layers)
+        summary = self.trainable.apply(self.model)
+        if isinstance(self.trainable, Matrices):
             self._log(
-                f"Spectrum: {len(self.trainable_matrices)} matrices train (the top "
+                f"Spectrum: {len(self.trainable.names)} matrices train (the top "
                 f"{self.plan.stage1.spectrum_fraction:.0%} by SNR of each kind), in layers "
                 f"{list(summary.trainable_layers)}"
             )
-        elif self.trainable_layers is None:
-            self.model.requires_grad_(True)
-            total = sum(p.numel() for p in self.model.parameters())
-            summary = f"trainable: {total:,} / {total:,} (100.00%)"
-        else:
-            summary = freeze_all_but(self.model, self.trainable_layers)
         if self.metadata is not None:
             init = resolve_copy_init(self.architecture.family_record, self.plan.stage1.copy_init)
             self._log(
@@ -331,18 +332,45 @@ class AdeptCPTRecipe:
                 f"copies of {list(self.metadata.source_layers)} at {self.metadata.copy_positions} "
                 f"(copy init {init})"
             )
-        trained = (
-            "matrices listed above" if self.trainable_matrices else self.trainable_layers or "all"
-        )
-        self._log(f"Trainable layers {trained}; {summary}")
+        self._log(f"Trainable: {self.trainable.describe()}; {summary}")
+
+    def _trainable_set(self, layers: list[int] | None) -> TrainableSet:
+        """What trains, as the method's row says (a resumed run: what its checkpoint trained).
+
+        Args:
+            layers (list[int] | None): the copies' positions, or the selected layers of a
+                method that trains originals; None when no layer was selected.
+        """
+        if self.resume is not None:
+            return trainable_from_json(self.resume.state.get("trainable") or self.resume.state)
+        if self.adapters is not None:
+            return self.adapters
+        if self.plan.stage1.selection == "spectrum":
+            return Matrices(tuple(self._spectrum_matrices()))
+        return Everything() if layers is None else Layers(tuple(layers))
+
+    def _plan_adapters(self, base: torch.nn.Module) -> Adapters:
+        """``method=lora``'s adapters, their rank checked (or matched) on the base model."""
+        lora = self.plan.lora
+        if lora.rank is None:
+            match = match_rank(base, lora.targets, lora.match_k)
+            rank = match.rank
+            self._log(
+                f"lora.rank: match -> rank {rank}: {match.adapter_params:,} adapter parameters, "
+                f"ADEPT with k={lora.match_k} copies trains {match.copy_params:,} "
+                f"(ratio {match.ratio:.3f})"
+            )
+        else:
+            rank = lora.rank
+        named_errors("lora.rank", check_adapter_rank, base, lora.targets, rank)
+        alpha = 2.0 * rank if lora.alpha is None else lora.alpha
+        return Adapters(lora.targets, rank, alpha, lora.dropout, seed=self.plan.seed)
 
     def _spectrum_matrices(self) -> list[str]:
         """Spectrum's matrices: the top-SNR share of each kind, of the base weights.
 
         A resumed run takes the list from its checkpoint (the trained weights' SNR differs).
         """
-        if self.resume is not None:
-            return list(self.resume.state["trainable_matrices"])
         start = time.perf_counter()
         names = spectrum_selection(module_snr(self.model), self.plan.stage1.spectrum_fraction)
         self._log(f"Scored the SNR of every weight matrix in {time.perf_counter() - start:.1f}s")
@@ -424,9 +452,7 @@ class AdeptCPTRecipe:
         """Precision, distribute, then optimizer (one group per unit) -> LR schedule -> resume."""
         plan, train = self.plan, self.plan.train
         if plan.fp32_trainable:
-            kept = keep_trainable_in_fp32(
-                self.model, self.trainable_layers, self.dtype, self.trainable_matrices
-            )
+            kept = keep_trainable_in_fp32(self.trainable.fp32_modules(self.model), self.dtype)
             self._log(
                 f"Trainable weights in fp32 ({sum(p.numel() for m in kept for p in m.parameters()):,} "
                 f"parameters), computed in {plan.dtype} under autocast"
@@ -458,19 +484,18 @@ class AdeptCPTRecipe:
         self.model.defer_head = defers and not self.distributed
 
         optimizer = plan.optimizer
-        if self.trainable_layers is None:
-            params = [p for p in self.model.parameters() if p.requires_grad]
-            self.optimizer = optimizer.cls(params, lr=optimizer.lr, **optimizer.kwargs)
-        else:
-            self.optimizer = unit_optimizer(
-                self.model, self.trainable_layers, optimizer.cls, optimizer.lr, **optimizer.kwargs
-            )
+        self.optimizer = build_optimizer(
+            self.trainable.param_groups(self.model),
+            optimizer.cls,
+            optimizer.lr,
+            **optimizer.kwargs,
+        )
         inner = tt_config.instantiate(
             train.lr_scheduler, self.optimizer, num_training_steps=train.max_steps
         )
         self.scheduler = (
             UnitScaledScheduler(self.optimizer, inner, self._gate_multipliers())
-            if self.trainable_layers
+            if self.trainable.per_unit
             else inner
         )
         self.row_scaler = None
@@ -740,16 +765,26 @@ class AdeptCPTRecipe:
                 },
             }  # fmt: skip
         if self.is_rank_zero:
+            state = {clean_param_name(k): v for k, v in state.items()}
+            architecture = architecture_of(self.model)
+            beside = self.trainable.write_beside(
+                state, architecture, self.checkpointer.checkpoint_dir
+            )
+
+            def write_more(directory: Path) -> None:
+                if train_state:
+                    torch.save(train_state, directory / TRAINING_STATE_FILE)
+                if beside is not None:
+                    beside(directory)
+
             self.checkpointer.save(
-                {clean_param_name(k): v for k, v in state.items()},
-                architecture_of(self.model),
+                self.trainable.hf_state(state),
+                architecture,
                 name,
                 dtype=self.dtype,
                 layer_sources=self.metadata.layer_sources if self.metadata else None,
                 extra_json=expansion_extra_json(self.metadata) if self.metadata else None,
-                extra_writer=(lambda d: torch.save(train_state, d / TRAINING_STATE_FILE))
-                if train_state
-                else None,
+                extra_writer=write_more,
             )
         self._saved(path, start, "HF checkpoint")
         return path
@@ -775,6 +810,7 @@ class AdeptCPTRecipe:
             max_seq_len=self.model.max_seq_len,
             dtype=str(self.dtype).removeprefix("torch."),
             tensors=trainable_names(self.model),
+            trainable=self.trainable.to_json(),
         )
         save_trainable_checkpoint(
             path,
@@ -792,8 +828,7 @@ class AdeptCPTRecipe:
         return {
             "step": self.step,
             "method": self.method.name,
-            "trainable_layers": self.trainable_layers,
-            "trainable_matrices": self.trainable_matrices,
+            "trainable": self.trainable.to_json(),
             "scheduler": self.scheduler.state_dict(),
             "row_scales": self.row_scaler.state_dict() if self.row_scaler else None,
             "canary_base": self.canary_base,

@@ -21,15 +21,14 @@ from adept_components.checkpointing import HFCheckpointer
 from adept_components.expansion import (
     METADATA_FILENAME,
     ExpansionMetadata,
-    TrainableSummary,
     expand_model,
     expand_state_dict,
     expansion_extra_json,
-    freeze_all_but,
     load_expansion_metadata,
     uniform_source_layers,
 )
 from adept_components.models import architecture_of, model_from_hf_config
+from adept_components.trainable import TrainableSummary, freeze_all_but
 
 VARIANTS = {
     "qwen3_untied": TINY_QWEN3,

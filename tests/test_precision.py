@@ -15,13 +15,9 @@ from conftest import TINY_LLAMA, TINY_QWEN3, save_hf_model
 from torchtune import training
 
 from adept_components.checkpointing import HFCheckpointer
-from adept_components.expansion import (
-    ExpansionMetadata,
-    expand_model,
-    expand_state_dict,
-    freeze_all_but,
-)
+from adept_components.expansion import ExpansionMetadata, expand_model, expand_state_dict
 from adept_components.precision import keep_trainable_in_fp32
+from adept_components.trainable import freeze_all_but
 
 SOURCES = (1, 3)  # copies at positions 2 and 5 of 6
 
@@ -45,7 +41,7 @@ def test_fp32_copies_keep_the_base_function(tmp_path: Path, arch: dict) -> None:
     base, expanded = _expanded_bf16(save_hf_model(tmp_path / "base", arch), tmp_path)
     buffers = {name: b.dtype for name, b in expanded.named_buffers()}
     frozen = {n: p.clone() for n, p in expanded.named_parameters() if not p.requires_grad}
-    kept = keep_trainable_in_fp32(expanded, [2, 5], torch.bfloat16)
+    kept = keep_trainable_in_fp32([expanded.layers[2], expanded.layers[5]], torch.bfloat16)
 
     assert kept == [expanded.layers[2], expanded.layers[5]]
     for name, param in expanded.named_parameters():
@@ -87,7 +83,7 @@ def test_fp32_weights_keep_updates_bf16_rounds_away(tmp_path: Path) -> None:
             copy.attn.output_proj.weight.copy_(source.attn.output_proj.weight)
             copy.mlp.w2.weight.copy_(source.mlp.w2.weight)
         if fp32:
-            keep_trainable_in_fp32(model, [2, 5], torch.bfloat16)
+            keep_trainable_in_fp32([model.layers[2], model.layers[5]], torch.bfloat16)
         model.train()
         weight = model.layers[2].attn.q_proj.weight
         before = weight.detach().float().clone()
@@ -110,5 +106,5 @@ def test_nothing_to_do_in_fp32_runs(tmp_path: Path) -> None:
     )
     model = ckpt.architecture.build()
     forward = model.layers[0].forward
-    assert keep_trainable_in_fp32(model, [0], torch.float32) == []
+    assert keep_trainable_in_fp32([model.layers[0]], torch.float32) == []
     assert model.layers[0].forward == forward

@@ -56,6 +56,7 @@ from adept_components.expansion import (
     load_expansion_metadata,
 )
 from adept_components.optim.unit_groups import clean_param_name
+from adept_components.trainable import trainable_from_json
 
 RESUME_FILE = "resume.json"
 TRAINING_STATE_FILE = "training_state.pt"
@@ -133,6 +134,8 @@ class TrainableCheckpointInfo:
         max_seq_len (int): the run's ``model.max_seq_len`` (the saved config's context).
         dtype (str): the run's dtype (``bfloat16``, ``float32``): a full export's dtype.
         tensors (list[str]): torchtune names of the stored model tensors.
+        trainable (dict | None): the run's ``TrainableSet`` record (None: written before the
+            record existed; such a run trained layers or matrices, saved unmerged).
     """
 
     step: int
@@ -142,6 +145,7 @@ class TrainableCheckpointInfo:
     max_seq_len: int
     dtype: str
     tensors: list[str]
+    trainable: dict[str, Any] | None = None
 
     @classmethod
     def read(cls, directory: Path) -> TrainableCheckpointInfo:
@@ -355,21 +359,23 @@ def export_hf(directory: Path, output: Path, base_dir: Path | None = None) -> Pa
     state = base.load_state_dict()
     if metadata is not None:
         state = expand_state_dict(state, metadata)
-    trained = read_trainable_tensors(directory)
-    unknown = sorted(set(trained) - set(state))
+    trainable = trainable_from_json(info.trainable or {})
+    trained = {**state, **read_trainable_tensors(directory)}
+    saved = trainable.hf_state(trained)
+    unknown = sorted(set(saved) - set(state))
     if unknown:
         raise ValueError(f"{directory} holds tensors the rebuilt model lacks: {unknown[:3]}")
-    state.update(trained)
     architecture = dataclasses.replace(
         base.architecture, num_layers=info.num_layers, max_seq_len=info.max_seq_len
     )
     return base.save(
-        state,
+        saved,
         architecture,
         output.name,
         dtype=getattr(torch, info.dtype),
         layer_sources=metadata.layer_sources if metadata else None,
         extra_json=expansion_extra_json(metadata) if metadata else None,
+        extra_writer=trainable.write_beside(trained, architecture, base.checkpoint_dir),
     )
 
 

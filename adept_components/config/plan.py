@@ -32,6 +32,7 @@ from adept_components.importance import IMPORTANCE_METHODS, check_selected_layer
 from adept_components.methods import METHODS, Method
 from adept_components.optim import RefreshPolicy, resolve_optimizer_class
 from adept_components.optim.unit_lr import DIRECTIONS
+from adept_components.trainable import LORA_TARGETS
 
 # Keys every adept_cpt config has; component sections need a ``_component_``.
 REQUIRED_KEYS = ("output_dir", "seed", "device", "dtype", "model", "tokenizer", "checkpointer",
@@ -168,6 +169,104 @@ class Stage1Plan:
                 f"expansion.num_layers={self.k}: k={self.k} but the base model has {num_layers} "
                 f"layers (valid k: 1..{num_layers - 1})"
             )
+
+
+LORA_DEFAULTS: dict[str, Any] = {
+    "rank": "match",
+    "alpha": "auto",
+    "dropout": 0.0,
+    "targets": list(LORA_TARGETS),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class LoraPlan:
+    """``method=lora``'s adapters: the ``lora`` section.
+
+    Attributes:
+        rank (int | None): ``lora.rank``; None for ``match`` (the rank whose adapter count is
+            closest to ADEPT's ``expansion.num_layers`` copies, found from the model).
+        alpha (float | None): ``lora.alpha``; None for ``auto`` (2 x rank: a scale of 2).
+        dropout (float): ``lora.dropout``, in [0, 1).
+        targets (tuple[str, ...]): ``lora.targets``: HF names of the adapted linears.
+        match_k (int): the k of ``rank: match``.
+    """
+
+    rank: int | None = None
+    alpha: float | None = None
+    dropout: float = 0.0
+    targets: tuple[str, ...] = tuple(LORA_TARGETS)
+    match_k: int = 0
+
+    @classmethod
+    def from_config(cls, cfg: DictConfig, method: Method) -> LoraPlan | None:
+        """Read ``lora`` (None unless ``method=lora``, whose fields another method refuses).
+
+        Raises:
+            ConfigError: a bad field, or a ``lora`` field set for another method.
+        """
+        section = cfg.get("lora")
+        if section is not None and not isinstance(section, DictConfig):
+            raise ConfigError("`lora` must be a mapping (rank, alpha, dropout, targets)")
+        values = dict(LORA_DEFAULTS)
+        if section is not None:
+            _check_keys(section, "lora", tuple(LORA_DEFAULTS))
+            given = OmegaConf.to_container(section, resolve=True)
+            values.update({k: v for k, v in given.items() if v is not None})
+        if not method.adapters:
+            changed = [k for k in LORA_DEFAULTS if values[k] != LORA_DEFAULTS[k]]
+            if changed:
+                raise ConfigError(
+                    f"lora.{changed[0]}={values[changed[0]]!r} applies to method=lora only, but "
+                    f"method={method.name}: set method=lora, or leave lora.{changed[0]} at "
+                    f"its default ({LORA_DEFAULTS[changed[0]]!r})"
+                )
+            return None
+        rank, alpha, dropout, targets = (values[k] for k in ("rank", "alpha", "dropout", "targets"))
+        if rank != "match":
+            check_int(rank, "lora.rank", why=" or match (the adapters' rank)")
+        if alpha != "auto" and (
+            isinstance(alpha, bool)
+            or not isinstance(alpha, (int, float))
+            or not 0 < alpha < math.inf
+        ):
+            raise ConfigError(f"lora.alpha={alpha!r} must be auto (2 x rank) or a positive number")
+        if (
+            isinstance(dropout, bool)
+            or not isinstance(dropout, (int, float))
+            or not 0 <= dropout < 1
+        ):
+            raise ConfigError(f"lora.dropout={dropout!r} must be a number in [0, 1)")
+        if isinstance(targets, str):
+            targets = [targets]
+        if not isinstance(targets, list) or not targets:
+            raise ConfigError(
+                f"lora.targets={targets!r} must be a non-empty list of {', '.join(LORA_TARGETS)}"
+            )
+        unknown = [t for t in targets if t not in LORA_TARGETS]
+        if unknown or len(set(targets)) != len(targets):
+            what = f"{unknown[0]!r} is not a target" if unknown else "repeats a target"
+            raise ConfigError(
+                f"lora.targets={targets}: {what}; the targets are {', '.join(LORA_TARGETS)}"
+            )
+        match_k = 0
+        if rank == "match":
+            layers = cfg.expansion.get("layers")
+            match_k = len(layers) if layers else cfg.expansion.get("num_layers")
+            check_int(match_k, "expansion.num_layers", why=" (lora.rank: match counts k copies)")
+        if cfg.get("intermediate_checkpoints") == "full":
+            raise ConfigError(
+                "intermediate_checkpoints=full with method=lora: a whole HF model holds the "
+                "merged weights, from which the adapters cannot be resumed; use trainable "
+                "(adept-cpt export turns any step into a merged HF model and its adapter)"
+            )
+        return cls(
+            rank=None if rank == "match" else int(rank),
+            alpha=None if alpha == "auto" else float(alpha),
+            dropout=float(dropout),
+            targets=tuple(targets),
+            match_k=match_k,
+        )
 
 
 SCORINGS = ("paper", "per_kind", "conflict")
@@ -480,6 +579,7 @@ class RunPlan:
         model, tokenizer, checkpointer, metric_logger (DictConfig): component sections.
         stage1 (Stage1Plan), train (TrainPlan), optimizer (OptimizerPlan),
         unit_tuning (UnitTuningPlan), canary (CanaryPlan | None): the stages.
+        lora (LoraPlan | None): ``method=lora``'s adapters.
         resume (bool): ``resume_from_checkpoint``.
         seq_lens (dict[str, int]): config field -> sequence length it asks for, each checked
             against the model's RoPE length before any data is read.
@@ -502,6 +602,7 @@ class RunPlan:
     optimizer: OptimizerPlan
     unit_tuning: UnitTuningPlan
     canary: CanaryPlan | None
+    lora: LoraPlan | None
     resume: bool
     seq_lens: dict[str, int]
 
@@ -538,6 +639,7 @@ class RunPlan:
         unit_tuning = UnitTuningPlan.from_config(cfg)
         stage1 = Stage1Plan.from_config(cfg, method)
         canary = CanaryPlan.from_config(cfg)
+        lora = LoraPlan.from_config(cfg, method)
         seq_lens = {"dataset.max_seq_len": cfg.dataset.get("max_seq_len")}
         if stage1.probe is not None:
             seq_lens["probe.max_seq_len"] = stage1.probe.get("max_seq_len")
@@ -562,6 +664,7 @@ class RunPlan:
             optimizer=optimizer,
             unit_tuning=unit_tuning,
             canary=canary,
+            lora=lora,
             resume=_bool(cfg, "resume_from_checkpoint", False),
             seq_lens={k: v for k, v in seq_lens.items() if v is not None},
         )

@@ -273,7 +273,7 @@ def architecture_of(model: nn.Module) -> ModelArchitecture:
         num_heads=attn.num_heads,
         num_kv_heads=attn.num_kv_heads,
         embed_dim=model.tok_embeddings.embedding_dim,
-        intermediate_dim=layer.mlp.w1.out_features,
+        intermediate_dim=layer.mlp.w1.weight.shape[0],  # nn.Linear or an adapted LoRALinear
         head_dim=attn.head_dim,
         max_seq_len=model.max_seq_len,
         norm_eps=layer.sa_norm.eps,

@@ -114,6 +114,33 @@ def unit_optimizer(
             ``lr``, keyword arguments the class does not accept, or no trainable unit (see
             ``unit_param_groups``).
     """
+    return build_optimizer(
+        unit_param_groups(model, trainable_layers), optimizer_cls, lr, **optimizer_kwargs
+    )
+
+
+def build_optimizer(
+    groups: list[dict[str, Any]],
+    optimizer_cls: str | type = "torch.optim.AdamW",
+    lr: float = 1e-4,
+    **optimizer_kwargs: Any,
+) -> Optimizer:
+    """An optimizer over given param groups (a ``TrainableSet.param_groups``).
+
+    Args:
+        groups (list[dict]): param groups, each ``{"params": [...], ...}``.
+        optimizer_cls (str | type): dotted path of a ``torch.optim.Optimizer`` subclass, or
+            the class.
+        lr (float): base learning rate, ``> 0``.
+        **optimizer_kwargs (Any): passed to the class; a list ``betas`` becomes a tuple.
+
+    Returns:
+        Optimizer: the optimizer.
+
+    Raises:
+        ValueError: a bad ``optimizer_cls``, a non-positive ``lr`` or keyword arguments the
+            class does not accept.
+    """
     cls = resolve_optimizer_class(optimizer_cls)
     if (
         isinstance(lr, bool)
@@ -121,7 +148,6 @@ def unit_optimizer(
         or not (math.isfinite(lr) and lr > 0)
     ):
         raise ValueError(f"lr={lr!r} must be a positive number")
-    groups = unit_param_groups(model, trainable_layers)
     if isinstance(optimizer_kwargs.get("betas"), list):
         optimizer_kwargs["betas"] = tuple(optimizer_kwargs["betas"])
     try:

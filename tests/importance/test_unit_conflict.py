@@ -10,9 +10,9 @@ import torch
 import torch.nn.functional as F
 from importance_fixtures import IGNORE, self_labelled_batches, tiny_model
 
-from adept_components.expansion import freeze_all_but
 from adept_components.importance import unit_conflict
 from adept_components.optim import lr_scales
+from adept_components.trainable import freeze_all_but
 
 
 def naive_mean_gradients(model, batches, names):

@@ -26,13 +26,9 @@ from torchtune.modules import TransformerSelfAttentionLayer
 
 from adept_components.checkpointing import HFCheckpointer
 from adept_components.data.probe import ProbeData, ProbeSample, ProbeSetInfo, probe_batches
-from adept_components.expansion import (
-    ExpansionMetadata,
-    expand_model,
-    expand_state_dict,
-    freeze_all_but,
-)
+from adept_components.expansion import ExpansionMetadata, expand_model, expand_state_dict
 from adept_components.importance import row_importance, unit_conflict, unit_importance
+from adept_components.trainable import freeze_all_but
 
 META = ExpansionMetadata(base_num_layers=4, source_layers=(1, 3))
 COPIES = META.copy_positions  # [2, 5]

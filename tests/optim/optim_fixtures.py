@@ -9,8 +9,8 @@ import torch
 from conftest import QWEN3_LAYER_UNITS, TINY_QWEN3
 from torch import nn
 
-from adept_components.expansion import freeze_all_but
 from adept_components.models import model_from_hf_config
+from adept_components.trainable import freeze_all_but
 
 LLAMA_LAYER_UNITS = tuple(
     u for u in QWEN3_LAYER_UNITS if u not in ("attn.q_norm.scale", "attn.k_norm.scale")

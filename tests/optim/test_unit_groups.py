@@ -15,7 +15,6 @@ from optim_fixtures import COPIES, LLAMA_LAYER_UNITS, QWEN3_LAYER_UNITS, tiny_qw
 from torchtune import training
 from torchtune.modules import TransformerSelfAttentionLayer
 
-from adept_components.expansion import freeze_all_but
 from adept_components.models import model_from_hf_config
 from adept_components.optim import (
     clean_param_name,
@@ -24,6 +23,7 @@ from adept_components.optim import (
     unit_name,
     unit_param_groups,
 )
+from adept_components.trainable import freeze_all_but
 
 
 @pytest.fixture(scope="module")

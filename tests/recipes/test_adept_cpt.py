@@ -145,9 +145,15 @@ PINNED = {
         "general": [4.599258, 5.162172],
         "domain": [7.441659, 7.347346],
     },
+    "lora": {
+        "loss": [7.437842, 8.199991, 7.750855, 8.074218, 6.961220, 7.259288],
+        "general": [4.594995, 4.684015],
+        "domain": [7.522883, 7.066159],
+    },
 }
 # What each method does, stated independently of the method table: expands (copies inserted),
-# what trains ("copies", "selected" original layers, or "all"), per-unit learning-rate scales.
+# what trains ("copies", "selected" original layers, "adapters" or "all"), per-unit learning-rate
+# scales.
 BEHAVIOUR = {
     "adept": (True, "copies", True),
     "full": (False, "all", False),
@@ -155,6 +161,7 @@ BEHAVIOUR = {
     "no_stage1": (False, "selected", True),
     "no_stage2": (True, "copies", False),
     "random": (True, "copies", True),
+    "lora": (False, "adapters", False),
 }
 
 
@@ -185,6 +192,11 @@ def assert_method_behaviour(out: Path, expands: bool, trains: str, decoupled: bo
         moved = {f"model.layers.{meta.original_positions[int(m[1])]}.{m[2]}": v
                  for k, v in base.items() if (m := re.match(r"model\.layers\.(\d+)\.(.+)", k))}  # fmt: skip
         assert changed_layers(moved, final) == set(meta.copy_positions)
+    elif trains == "adapters":  # merged into the adapted matrices of every layer, nothing else
+        targets = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+        moved = {k for k in base if not torch.equal(base[k], final[k])}
+        assert {k.split(".")[-2] for k in moved} == set(targets)
+        assert changed_layers(base, final) == set(range(8))
     elif trains == "selected":  # the k least important ORIGINAL layers train, nothing else
         profile = json.loads((out / "profile" / "layer_importance.json").read_text())
         assert changed_layers(base, final) == set(profile["selected_layers"])

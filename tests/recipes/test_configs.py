@@ -8,12 +8,8 @@ from omegaconf import OmegaConf
 from torchtune import config as tt_config
 
 from adept_components.config import RunPlan, available_configs, load_config, resolve_config
-from adept_components.expansion import (
-    ExpansionMetadata,
-    expand_model,
-    freeze_all_but,
-    uniform_source_layers,
-)
+from adept_components.expansion import ExpansionMetadata, expand_model, uniform_source_layers
+from adept_components.trainable import freeze_all_but
 
 CPT_CONFIGS = [
     name

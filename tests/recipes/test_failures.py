@@ -79,6 +79,15 @@ REFUSALS = {
                         "expansion.profile"),
     "negative_lr": (lambda tmp: ["optimizer.lr=-1e-3"], "optimizer.lr=-0.001 must be a positive"),
     "small_corpus": (lambda tmp: ["batch_size=100000"], "fewer than one global batch"),
+    "lora_rank_zero": (lambda tmp: ["method=lora", "lora.rank=0"], "lora.rank=0"),
+    "lora_rank_too_large": (lambda tmp: ["method=lora", "lora.rank=100000"],
+                            "lora.rank=100000 is larger than q_proj's smaller dimension"),
+    "lora_unknown_target": (lambda tmp: ["method=lora", "lora.targets=[q_proj,qkv_proj]"],
+                            "'qkv_proj' is not a target; the targets are q_proj, k_proj"),
+    "lora_field_other_method": (lambda tmp: ["lora.rank=8"],
+                                "lora.rank=8 applies to method=lora only, but method=adept"),
+    "lora_full_checkpoints": (lambda tmp: ["method=lora", "intermediate_checkpoints=full"],
+                              "intermediate_checkpoints=full with method=lora"),
 }  # fmt: skip
 
 
@@ -242,7 +251,7 @@ def test_the_recipe_starts_quietly(tmp_path: Path) -> None:
 
     refusal = [
         "adept_cpt: error: method='nope'; use one of adept, full, llama_pro, no_stage1, "
-        "no_stage2, random, spectrum"
+        "no_stage2, random, spectrum, lora"
     ]
     result = tune_run(["adept_cpt", "--config", "tiny_demo", "method=nope"], tmp_path)
     assert result.returncode == 1
