@@ -298,6 +298,11 @@ class Adapters(TrainableSet):
         """``linear``'s weight (the same tensor) inside a ``LoRALinear`` with fresh A, B."""
         if isinstance(linear, LoRALinear):
             raise ValueError("the model already has adapters; apply an Adapters set once")
+        if getattr(linear, "bias", None) is not None:
+            raise ValueError(
+                "lora.targets: a target linear has a bias, which these adapters do not carry "
+                "into the merged checkpoint; no supported family has one"
+            )
         weight = linear.weight
         out_dim, in_dim = weight.shape
         with torch.device("meta"):

@@ -175,7 +175,7 @@ def measure(spec: Spec) -> dict[str, Any]:
     from adept_components.data import PackedText
     from adept_components.data.packed_text import CorpusInfo
     from adept_components.expansion import ExpansionMetadata, expand_model
-    from adept_components.trainable import freeze_all_but
+    from adept_components.trainable import Everything, Layers
 
     with tempfile.TemporaryDirectory() as output_dir:
         cfg = recipe_config(spec, output_dir)
@@ -196,17 +196,14 @@ def measure(spec: Spec) -> dict[str, Any]:
             for module in model.modules():  # RoPE caches: buffers outside the state dict
                 if hasattr(module, "rope_init"):
                     module.rope_init()
-        if metadata:
-            trainable = freeze_all_but(model, copies)
-            trainable_params, total_params = trainable.trainable_params, trainable.total_params
-        else:
-            model.requires_grad_(True)
-            total_params = trainable_params = sum(p.numel() for p in model.parameters())
+        trainable_set = Layers(tuple(copies)) if metadata else Everything()
+        trainable = trainable_set.apply(model)
+        trainable_params, total_params = trainable.trainable_params, trainable.total_params
         numbers = common.layer_numbers(model)
 
         # What stage 1 leaves behind, then the recipe's own stage-2 setup.
         recipe.model, recipe.metadata = model, metadata
-        recipe.trainable_layers = copies if metadata else None
+        recipe.trainable = trainable_set
         recipe.resume, recipe.canary = None, None
         chunks = max(spec.batch_size * spec.grad_accum * (spec.warmup + spec.steps), 1)
         vocab = model.tok_embeddings.num_embeddings

@@ -342,7 +342,16 @@ class AdeptCPTRecipe:
                 method that trains originals; None when no layer was selected.
         """
         if self.resume is not None:
-            return trainable_from_json(self.resume.state.get("trainable") or self.resume.state)
+            saved = trainable_from_json(self.resume.state.get("trainable") or self.resume.state)
+            if self.adapters is not None and dataclasses.replace(saved, seed=0) != (
+                dataclasses.replace(self.adapters, seed=0)
+            ):
+                raise ConfigError(
+                    f"resume checkpoint {self.resume.directory} trained {saved.describe()}, the "
+                    f"config gives {self.adapters.describe()} (dropout {self.adapters.dropout:g}): "
+                    "resume with the run's own lora settings"
+                )
+            return saved
         if self.adapters is not None:
             return self.adapters
         if self.plan.stage1.selection == "spectrum":
@@ -352,6 +361,11 @@ class AdeptCPTRecipe:
     def _plan_adapters(self, base: torch.nn.Module) -> Adapters:
         """``method=lora``'s adapters, their rank checked (or matched) on the base model."""
         lora = self.plan.lora
+        if lora.rank is None and not 1 <= lora.match_k < len(base.layers):
+            raise ConfigError(
+                f"expansion.num_layers={lora.match_k}: lora.rank: match counts k copies, and the "
+                f"base model has {len(base.layers)} layers (valid k: 1..{len(base.layers) - 1})"
+            )
         if lora.rank is None:
             match = match_rank(base, lora.targets, lora.match_k)
             rank = match.rank
@@ -367,9 +381,8 @@ class AdeptCPTRecipe:
         return Adapters(lora.targets, rank, alpha, lora.dropout, seed=self.plan.seed)
 
     def _spectrum_matrices(self) -> list[str]:
-        """Spectrum's matrices: the top-SNR share of each kind, of the base weights.
-
-        A resumed run takes the list from its checkpoint (the trained weights' SNR differs).
+        """Spectrum's matrices: the top-SNR share of each kind, of the base weights (a resumed
+        run reads them from its checkpoint's ``trainable`` record: trained weights' SNR differs).
         """
         start = time.perf_counter()
         names = spectrum_selection(module_snr(self.model), self.plan.stage1.spectrum_fraction)

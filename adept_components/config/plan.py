@@ -243,7 +243,7 @@ class LoraPlan:
             raise ConfigError(
                 f"lora.targets={targets!r} must be a non-empty list of {', '.join(LORA_TARGETS)}"
             )
-        unknown = [t for t in targets if t not in LORA_TARGETS]
+        unknown = [t for t in targets if not isinstance(t, str) or t not in LORA_TARGETS]
         if unknown or len(set(targets)) != len(targets):
             what = f"{unknown[0]!r} is not a target" if unknown else "repeats a target"
             raise ConfigError(

@@ -79,6 +79,8 @@ def test_lora_resume_is_exact(straight: Path, tmp_path: Path) -> None:
     out = tmp_path / "resumed"
     run(out, "save_every_n_steps=2", "stop_after_steps=2")
     assert not (out / "final").exists()
+    with pytest.raises(SystemExit):  # other adapters than the checkpoint's: refused
+        run(out, "save_every_n_steps=2", "resume_from_checkpoint=true", "lora.rank=8")
     run(out, "save_every_n_steps=2", "resume_from_checkpoint=true")
     resumed, final = tensors(out / "final"), tensors(straight / "final")
     assert all(torch.equal(resumed[k], final[k]) for k in final)

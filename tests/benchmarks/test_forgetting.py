@@ -1,0 +1,76 @@
+"""The forgetting benchmark's plan and statistics (``benchmarks/forgetting.py``), without runs."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+import forgetting  # noqa: E402
+
+
+def fake(run: forgetting.RunSpec, gain: float, general: float) -> dict:
+    return {"name": run.name, "line": run.line, "lr": run.lr, "seed": run.seed,
+            "method": run.method, "domain_gain": gain, "general_increase": general}  # fmt: skip
+
+
+def test_paired_bootstrap_measures_a_shift_on_the_same_documents() -> None:
+    docs = [[float(i % 7 + 1) * 10, 10] for i in range(40)]  # [summed loss, tokens]
+    same = forgetting.paired_bootstrap([docs], [docs])
+    assert same == (0.0, 0.0, 0.0)
+    shifted = [[loss + 0.5 * tokens, tokens] for loss, tokens in docs]
+    diff, low, high = forgetting.paired_bootstrap([shifted, shifted], [docs, docs])
+    assert diff == pytest.approx(0.5) and low == pytest.approx(0.5) and high == pytest.approx(0.5)
+    noisy = [
+        [loss + (1 if i % 2 else -1) * tokens, tokens] for i, (loss, tokens) in enumerate(docs)
+    ]
+    diff, low, high = forgetting.paired_bootstrap([noisy], [docs])
+    assert diff == pytest.approx(0.0) and low < 0 < high  # zero mean: no claimed difference
+
+
+def test_the_plan_sweeps_first_then_the_lines_near_adept_and_the_seeds() -> None:
+    preset = forgetting.PRESETS["gemma3"]
+    args = forgetting.parse_args(["--model", "gemma3", "--domain", "medical"])
+    first = forgetting.plan(preset, "medical", {}, args)
+    assert [r.name for r in first] == [
+        "full_lr1e-05", "full_lr3e-05", "full_lr0.0001", "adept_lr0.0001", "adept_lr0.0003",
+        "adept_lr0.001", "lora_lr0.0003", "lora_lr0.001",
+    ]  # fmt: skip
+    gains = {"full": (0.2, 0.4, 0.6), "adept": (0.3, 0.45, 0.5), "lora": (0.2, 0.3)}
+    forgets = {"full": (0.01, 0.05, 0.2), "adept": (0.0, 0.01, 0.2), "lora": (0.0, 0.05)}
+    runs = {}
+    for run in first:
+        i = preset.sweeps["medical"][run.line].index(run.lr)
+        runs[run.name] = fake(run, gains[run.line][i], forgets[run.line][i])
+    later = [r for r in forgetting.plan(preset, "medical", runs, args) if r.name not in runs]
+    names = [r.name for r in later]
+    assert len(set(names)) == len(names)
+    # ADEPT's best rate (gain - general: 0.44 at 3e-4); full's closest gain (0.4 at 3e-5).
+    assert "llama_pro_lr0.0003" in names and "adept+rank_lr0.0003" in names
+    assert {"random_lr0.0003", "random_lr0.0003_s1", "random_lr0.0003_s2"} <= set(names)
+    assert {"adept_lr0.0003_s1", "adept_lr0.0003_s2", "full_lr3e-05_s1", "full_lr3e-05_s2",
+            "llama_pro_lr0.0003_s1", "lora_lr0.001_s2", "full+replay_lr3e-05"} <= set(names)  # fmt: skip
+    replay = next(r for r in later if r.line == "adept+replay")
+    assert "+dataset.sources=" in replay.overrides[-1] and "weight: 0.1" in replay.overrides[-1]
+    assert not next(r for r in later if r.line == "adept+rank").profile  # probes by rank
+
+
+def test_a_former_record_converts_with_its_numbers() -> None:
+    old = {
+        "command": "python benchmarks/forgetting_smollm2.py",
+        "setting": {"steps": 100, "batch_size": 4, "seq_len": 256},
+        "base": {"general_wiki": 2.8, "general_speech": 3.2, "domain": 4.0},
+        "runs": {"adept_lr0.001": {
+            "name": "adept_lr0.001", "method": "adept", "lr": 1e-3, "variant": "adept (sepnorm)",
+            "general_increase_wiki": 0.02, "general_increase_speech": 0.04, "domain_gain": 0.5,
+            "losses": {"general_wiki": 2.82, "general_speech": 3.24, "domain": 3.5},
+            "trainable": 10, "total": 100, "wall_s": 1.0}},
+    }  # fmt: skip
+    new = forgetting.convert_legacy(old, "smollm2", "medical")
+    run = new["runs"]["adept_lr0.001"]
+    assert run["line"] == "adept+sepnorm" and run["seed"] == 0
+    assert run["deltas"] == {"general_wiki": 0.02, "general_speech": 0.04, "domain": -0.5}
+    assert run["general_increase"] == pytest.approx(0.03) and run["domain_gain"] == 0.5
+    assert new["setting"]["tokens"] == 102_400 and new["format"] == forgetting.FORMAT
