@@ -440,6 +440,14 @@ class AdeptCPTRecipe:
                 self.dtype,
             )
             start = time.perf_counter()
+            interference = {}
+            if stage1.importance == "interference":  # the copies' domain steps, predicted
+                interference = {
+                    "domain": self._domain_batches,
+                    "fills": self._copy_fills(),
+                    "domain_info": self._domain_batches_info(),
+                    "chunk": stage1.interference_chunk,
+                }
             profile = profile_layers(
                 base,
                 self.probe_batches,
@@ -448,8 +456,12 @@ class AdeptCPTRecipe:
                 method=stage1.importance,
                 checkpoint_dir=self.checkpointer.checkpoint_dir,
                 progress=self.is_rank_zero,
+                **interference,
             )
-            self._log(f"Probed {len(base.layers)} layers in {time.perf_counter() - start:.1f}s")
+            parts = ", ".join(f"{name} {t:.1f}s" for name, t in profile.seconds.items())
+            self._log(
+                f"Probed {len(base.layers)} layers in {time.perf_counter() - start:.1f}s ({parts})"
+            )
             del base
         selected = select_layers(profile.scores, stage1.k)
         if self.is_rank_zero:
@@ -638,8 +650,9 @@ class AdeptCPTRecipe:
 
     @functools.cached_property
     def _domain_batches(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """A fixed sample of the domain corpus, as many batches as the probe has (conflict);
-        built once, at the first refresh."""
+        """A fixed sample of the domain corpus, as many batches as the probe has (the
+        interference probe, conflict scoring); built once, at its first use. The draw is
+        ``epoch_order`` with ``seed + 1``: the same on every rank, and not the training order."""
         size = self.plan.stage1.probe_batch_size
         count = len(self.probe_batches) * size
         order = epoch_order(len(self.dataset), self.plan.seed + 1, 0)[:count]
@@ -647,6 +660,16 @@ class AdeptCPTRecipe:
         return [
             (torch.stack(rows[i : i + size]),) * 2 for i in range(0, len(rows), size)
         ]  # packed text: every token is a label
+
+    def _domain_batches_info(self) -> dict[str, Any]:
+        """Where ``_domain_batches`` came from, for the profile."""
+        return {
+            "source": self.dataset.info.source,
+            "batches": len(self._domain_batches),
+            "batch_size": self.plan.stage1.probe_batch_size,
+            "seq_len": self.dataset.info.max_seq_len,
+            "order_seed": self.plan.seed + 1,
+        }
 
     def _refresh_scales(self) -> None:
         """Re-score the units on the probe set and replace their LR scales (S2.2-S2.4)."""

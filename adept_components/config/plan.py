@@ -66,6 +66,9 @@ class Stage1Plan:
         gate_lr_multiplier (float | None): ``expansion.gate_lr_multiplier``: the learning-rate
             multiplier of a ``zero_post_norm`` copy's gains; None (``auto``): the measured
             default, ``expansion.GATE_LR_MULTIPLIER``.
+        interference_chunk (int | None): ``expansion.interference_chunk``: with
+            ``importance: interference``, the candidate copies scored per pass (memory);
+            None: all layers at once.
     """
 
     selection: LayerSelection | None
@@ -79,12 +82,13 @@ class Stage1Plan:
     spectrum_fraction: float = 0.25
     copy_init: str = "auto"
     gate_lr_multiplier: float | None = None
+    interference_chunk: int | None = None
 
     @classmethod
     def from_config(cls, cfg: DictConfig, method: Method) -> Stage1Plan:
         expansion = cfg.expansion
         known = ("num_layers", "layers", "importance", "profile", "spectrum_fraction",
-                 "copy_init", "gate_lr_multiplier")  # fmt: skip
+                 "copy_init", "gate_lr_multiplier", "interference_chunk")  # fmt: skip
         _check_keys(expansion, "expansion", known)
         layers = expansion.get("layers")
         if layers is not None and not isinstance(layers, (list, ListConfig)):
@@ -137,6 +141,9 @@ class Stage1Plan:
             raise ConfigError(
                 f"expansion.gate_lr_multiplier={multiplier!r} must be auto or a positive number"
             )
+        chunk = expansion.get("interference_chunk")
+        if chunk is not None:
+            check_int(chunk, "expansion.interference_chunk", why=" (copies scored per pass)")
         return cls(
             selection=selection,
             k=k if selection is not None else 0,
@@ -149,6 +156,7 @@ class Stage1Plan:
             spectrum_fraction=float(fraction),
             copy_init=copy_init,
             gate_lr_multiplier=None if multiplier is None else float(multiplier),
+            interference_chunk=chunk,
         )
 
     def check_depth(self, num_layers: int) -> None:

@@ -24,7 +24,13 @@ post-branch gains), so the prediction is that of the first steps, which set the 
 
 Cost: one forward and backward pass of the model with all copies over the probe and as many
 domain batches (``chunk`` copies at a time where memory is short), against mask-out's L + 1
-forward passes over the probe.
+forward passes over the probe. Memory: the copies, and three fp32 buffers of their size
+(the two Adam moments and the general gradient), which ``chunk`` bounds.
+
+Distributed: as the other probes, every rank is given the same batches, takes its share
+(``batches[rank::world]``) and the sums (gradient sums, squared per-batch gradients, token and
+batch counts) are all-reduced, so every rank holds the one-process scores and selects the same
+layers.
 """
 
 from __future__ import annotations
@@ -33,9 +39,13 @@ import copy
 from collections.abc import Sequence
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
-from adept_components.importance.layer_importance import Batch, _loss_sum
+from adept_components.distributed import all_reduce_sum, rank_share
+from adept_components.importance.layer_importance import Batch, _check_probe, _loss_sum
+from adept_components.losses import eval_mode
+from adept_components.progress import progress_bar
 
 
 def interference_scores(
@@ -46,35 +56,50 @@ def interference_scores(
     candidates: Sequence[int] | None = None,
     chunk: int | None = None,
     eps: float = 1e-8,
+    group: dist.ProcessGroup | None = None,
+    progress: bool = False,
 ) -> dict[int, float]:
     """Predicted general-loss increase per nat of domain gain of a trained copy of each layer.
 
     Args:
-        model (nn.Module): the base decoder (``model.layers``), left unchanged.
-        general (Sequence[Batch]): general probe batches ``(tokens, labels)``.
-        domain (Sequence[Batch]): domain batches ``(tokens, labels)``.
+        model (nn.Module): the base decoder (``model.layers``), whole on every rank; left
+            unchanged (weights, ``requires_grad`` flags, train/eval mode, ``.grad``).
+        general (Sequence[Batch]): general probe batches ``(tokens, labels)``; the general
+            gradient is that of the token-mean loss over all of them.
+        domain (Sequence[Batch]): domain batches ``(tokens, labels)``; each one is a step's
+            gradient ``g_b`` of Adam's moments.
         fills (dict[str, float]): how a copy starts (``expansion.copy_fills``).
         candidates (Sequence[int] | None): base layers to score; default every layer.
         chunk (int | None): copies per pass (memory); default all candidates in one pass.
         eps (float): Adam's epsilon in the update direction.
+        group (dist.ProcessGroup | None): process group to share the batches over.
+        progress (bool): show a bar of this rank's batches.
 
     Returns:
-        dict[int, float]: base layer -> score (lower: less interference per domain gain).
+        dict[int, float]: base layer -> score (higher: more general loss per nat of domain
+        gain; the k lowest are copied). ``inf`` where no domain gradient reaches the copy.
 
     Raises:
-        ValueError: no batches of either kind, or a candidate out of range.
+        ValueError: no batches of either kind, invalid batches, a candidate out of range,
+            or ``chunk`` < 1.
     """
     if not general or not domain:
         raise ValueError("interference needs general probe batches and domain batches")
-    layers = list(range(len(model.layers)) if candidates is None else candidates)
-    if any(not 0 <= i < len(model.layers) for i in layers):
-        raise ValueError(f"candidates {layers} are not layers of a {len(model.layers)}-layer model")
+    _check_probe(model, general)
+    _check_probe(model, domain)
+    num_layers = len(model.layers)
+    layers = list(range(num_layers) if candidates is None else candidates)
+    if any(not 0 <= i < num_layers for i in layers) or len(set(layers)) != len(layers):
+        raise ValueError(
+            f"candidates {layers} are not distinct layers of a {num_layers}-layer model"
+        )
+    if chunk is not None and chunk < 1:
+        raise ValueError(f"chunk={chunk}: copies per pass must be at least 1")
     size = chunk or len(layers)
     scores: dict[int, float] = {}
     for start in range(0, len(layers), size):
-        scores.update(
-            _score_chunk(model, general, domain, fills, layers[start : start + size], eps)
-        )
+        sources = layers[start : start + size]
+        scores.update(_score_chunk(model, general, domain, fills, sources, eps, group, progress))
     return scores
 
 
@@ -85,6 +110,8 @@ def _score_chunk(
     fills: dict[str, float],
     sources: list[int],
     eps: float,
+    group: dist.ProcessGroup | None,
+    progress: bool,
 ) -> dict[int, float]:
     """Copies of ``sources`` inserted at once, scored in one pass over each kind of data."""
     original = model.layers
@@ -94,41 +121,59 @@ def _score_chunk(
         expanded.append(layer)
         if index in copies:
             expanded.append(copies[index])
-    was_training = model.training
-    grad_state = {p: p.requires_grad for p in model.parameters()}
+    flags = [(p, p.requires_grad) for p in model.parameters()]
     model.requires_grad_(False)
     for layer in copies.values():
         layer.requires_grad_(True)
     model.layers = expanded
-    model.eval()  # no dropout: the gradients of the weights as they are
     try:
         params = {s: list(layer.parameters()) for s, layer in copies.items()}
         flat = [p for s in sources for p in params[s]]
+        device = flat[0].device
+        # Adam's moments after one step per domain batch (uniform weights), then the
+        # general probe's token-mean gradient: sums on this rank, all-reduced below.
         first = [torch.zeros_like(p, dtype=torch.float32) for p in flat]
         second = [torch.zeros_like(p, dtype=torch.float32) for p in flat]
-        for batch in domain:
-            grads = _gradients(model, [batch], flat)
-            for m, v, g in zip(first, second, grads, strict=True):
-                m.add_(g)
-                v.add_(g * g)
-        general_grads = _gradients(model, general, flat)
+        general_sum = [torch.zeros_like(p, dtype=torch.float32) for p in flat]
+        counts = torch.zeros(2, dtype=torch.float64, device=device)  # [domain batches, tokens]
+        mine_domain, mine_general = rank_share(domain, group), rank_share(general, group)
+        bar = progress_bar(len(mine_domain) + len(mine_general), "interference (batch)", progress)
+        with eval_mode(model), torch.enable_grad(), bar:  # no dropout: the weights as they are
+            for batch in mine_domain:
+                bar.update()
+                grads, tokens = _loss_sum_gradients(model, batch, flat)
+                if tokens == 0:
+                    continue
+                for m, v, g in zip(first, second, grads, strict=True):
+                    g = g / tokens
+                    m.add_(g)
+                    v.add_(g * g)
+                counts[0] += 1
+            for batch in mine_general:
+                bar.update()
+                grads, tokens = _loss_sum_gradients(model, batch, flat)
+                for total, g in zip(general_sum, grads, strict=True):
+                    total.add_(g)
+                counts[1] += tokens
+        for buffer in (*first, *second, *general_sum):
+            all_reduce_sum(buffer, group)
+        all_reduce_sum(counts, group)
+        batches, tokens = float(counts[0]), float(counts[1])
         out, offset = {}, 0
         for source in sources:
-            count = len(params[source])
-            gen, dom = 0.0, 0.0
-            for i in range(offset, offset + count):
-                m, v = first[i] / len(domain), second[i] / len(domain)
+            gen = dom = 0.0
+            for i in range(offset, offset + len(params[source])):
+                m, v = first[i] / batches, second[i] / batches
                 direction = m / (v.sqrt() + eps)
-                gen += float((general_grads[i] * direction).sum())
-                dom += float((m * direction).sum())
-            offset += count
+                gen += float((general_sum[i] / tokens * direction).sum(dtype=torch.float64))
+                dom += float((m * direction).sum(dtype=torch.float64))
+            offset += len(params[source])
             out[source] = -gen / dom if dom > 0 else float("inf")
         return out
     finally:
         model.layers = original
-        for p, flag in grad_state.items():
+        for p, flag in flags:
             p.requires_grad_(flag)
-        model.train(was_training)
 
 
 def _function_preserving_copy(layer: nn.Module, fills: dict[str, float]) -> nn.Module:
@@ -142,23 +187,21 @@ def _function_preserving_copy(layer: nn.Module, fills: dict[str, float]) -> nn.M
     return twin
 
 
-def _gradients(
-    model: nn.Module, batches: Sequence[Batch], params: list[nn.Parameter]
-) -> list[torch.Tensor]:
-    """Gradient of the token-mean loss over ``batches`` with respect to ``params`` (fp32)."""
+def _loss_sum_gradients(
+    model: nn.Module, batch: Batch, params: list[nn.Parameter]
+) -> tuple[list[torch.Tensor], int]:
+    """Gradient of one batch's summed token loss with respect to ``params`` (fp32), and its
+    supervised token count (no gradient is taken, and zeros returned, when it has none)."""
+    tokens, labels = batch
     device = params[0].device
-    total = torch.zeros((), dtype=torch.float64, device=device)
-    count = 0
-    for tokens, labels in batches:
-        tokens, labels = tokens.to(device), labels.to(device)
-        h = model.tok_embeddings(tokens)
-        for layer in model.layers:
-            h = layer(h)
-        loss_sum, n = _loss_sum(model, h, labels)
-        total = total + loss_sum
-        count += n
-    grads = torch.autograd.grad((total / max(count, 1)).float(), params, allow_unused=True)
+    h = model.tok_embeddings(tokens.to(device))
+    for layer in model.layers:
+        h = layer(h)
+    loss_sum, count = _loss_sum(model, h, labels.to(device))
+    if count == 0:
+        return [torch.zeros_like(p, dtype=torch.float32) for p in params], 0
+    grads = torch.autograd.grad(loss_sum.float(), params, allow_unused=True)
     return [
         torch.zeros_like(p, dtype=torch.float32) if g is None else g.float()
         for p, g in zip(params, grads, strict=True)
-    ]
+    ], count

@@ -18,6 +18,9 @@ Methods (spec S1.2):
   layer, divided by the largest layer sum.
 - ``"rank"``: for each unit type, rank the layers by their S2.2 unit score; ``I = 1 −
   mean(rank / L)`` with rank 1 for the highest score.
+- ``"interference"`` (not in the spec): the general-loss increase per nat of domain gain that
+  a trained copy of the layer is predicted to cause (``importance.interference``); it also
+  needs domain batches, so ``profile_layers`` computes it, not ``layer_importance``.
 
 Distributed: when ``torch.distributed`` is initialised (or a ``group`` is passed) every rank
 is given the *same* list of batches, processes ``batches[rank::world]``, and the sums (loss ×
@@ -46,8 +49,8 @@ from adept_components.losses import eval_mode, shift_labels
 from adept_components.progress import progress_bar
 
 Batch = tuple[torch.Tensor, torch.Tensor]
-ImportanceMethod = Literal["mask-out", "grad-cumulative", "rank", "snr"]
-IMPORTANCE_METHODS: tuple[str, ...] = ("mask-out", "grad-cumulative", "rank", "snr")
+ImportanceMethod = Literal["mask-out", "grad-cumulative", "rank", "snr", "interference"]
+IMPORTANCE_METHODS: tuple[str, ...] = ("mask-out", "grad-cumulative", "rank", "snr", "interference")
 # Supervised tokens per output-projection call: bounds the [n, vocab] logits (Qwen3's 151k
 # vocab: 1024 tokens -> 0.6 GB in fp32) without changing any result.
 _LOGIT_CHUNK = 1024
@@ -360,6 +363,11 @@ def layer_importance(
         return rank_importance(units, len(model.layers))
     if method == "snr":  # data-free: the batches are not read
         return snr_layer_scores(module_snr(model))
+    if method == "interference":
+        raise ValueError(
+            "importance method='interference' also needs domain batches: use profile_layers("
+            "..., domain=...) or importance.interference.interference_scores"
+        )
     raise ValueError(
         f"importance method={method!r} is not supported (choose one of {list(IMPORTANCE_METHODS)})"
     )

@@ -15,6 +15,7 @@ import dataclasses
 import json
 import math
 import os
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ from torch import nn
 from adept_components.atomic import atomic_write, write_text_atomically
 from adept_components.data.probe import ProbeSetInfo
 from adept_components.expansion import check_selected_layers
+from adept_components.importance.interference import interference_scores
 from adept_components.importance.layer_importance import (
     IMPORTANCE_METHODS,
     Batch,
@@ -48,6 +50,7 @@ _SCORE_LABELS = {
     "grad-cumulative": "Σ|g·θ| over the layer / max",
     "rank": "1 − mean rank / L",
     "snr": "mean over matrix kinds of SNR / its max",
+    "interference": "predicted Δ general loss per nat of domain gain",
 }
 
 
@@ -88,6 +91,10 @@ class LayerProfile:
         unit_scores (dict[int, dict[str, float]]): S2.2 unit scores, layer -> parameter name
             -> score; empty when not computed.
         base_loss (float | None): the full model's probe loss, when mask-out ran.
+        domain (dict[str, Any] | None): which domain batches the interference score used
+            (source, batches, batch size, sequence length, seed); None when not scored.
+        seconds (dict[str, float]): what each pass cost on this machine (``mask-out``,
+            ``unit scores``, ``interference``): the probe's price, beside its answer.
 
     Raises:
         ValueError: on construction, when the fields disagree (unknown method, a score list
@@ -102,6 +109,8 @@ class LayerProfile:
     data: ProbeSetInfo
     unit_scores: dict[int, dict[str, float]] = dataclasses.field(default_factory=dict)
     base_loss: float | None = None
+    domain: dict[str, Any] | None = None
+    seconds: dict[str, float] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
         num_layers = self.model.num_layers
@@ -145,6 +154,8 @@ class LayerProfile:
             "unit_scores": {str(i): dict(u) for i, u in self.unit_scores.items()},
             "model": dataclasses.asdict(self.model),
             "data": dataclasses.asdict(self.data),
+            "domain": self.domain,
+            "seconds": dict(self.seconds),
         }
 
     @classmethod
@@ -168,6 +179,8 @@ class LayerProfile:
                 data=ProbeSetInfo(**record["data"]),
                 unit_scores={int(i): dict(u) for i, u in record["unit_scores"].items()},
                 base_loss=record.get("base_loss"),
+                domain=record.get("domain"),
+                seconds=dict(record.get("seconds") or {}),
             )
         except (KeyError, TypeError) as err:
             raise ValueError(f"not a layer profile record: {err}") from err
@@ -205,12 +218,17 @@ def profile_layers(
     score_units: bool = True,
     group: dist.ProcessGroup | None = None,
     progress: bool = False,
+    domain: Sequence[Batch] | None = None,
+    fills: dict[str, float] | None = None,
+    domain_info: dict[str, Any] | None = None,
+    chunk: int | None = None,
 ) -> LayerProfile:
     """Score the layers of ``model`` on the probe and select the ``k`` least critical (S1.2-S1.3).
 
     Mask-out losses are always computed (they give ``base_loss``). With ``score_units`` one
     more forward/backward per batch gives the S2.2 unit scores (the heatmap) and, from them,
-    the grad-cumulative and rank scores, so the profile records all three methods.
+    the grad-cumulative and rank scores, so the profile records all three methods. With
+    ``domain`` batches the interference score (``importance.interference``) is added too.
 
     Args:
         model (nn.Module): the base decoder M0 (unsharded).
@@ -222,21 +240,29 @@ def profile_layers(
         score_units (bool): also compute gradient scores. Default: True.
         group (dist.ProcessGroup | None): process group to share the batches over.
         progress (bool): show progress bars (rank 0 of a run).
+        domain (Sequence[Batch] | None): domain batches; the interference score needs them.
+        fills (dict[str, float] | None): how a copy starts (``expansion.copy_fills``); needed
+            with ``domain``.
+        domain_info (dict[str, Any] | None): where the domain batches came from, recorded.
+        chunk (int | None): copies per interference pass (memory); default all at once.
 
     Returns:
         LayerProfile: the profile (identical on every rank).
 
     Raises:
         ValueError: unknown ``method``, ``method`` needs gradient scores but ``score_units``
-            is False, ``k`` out of range, or invalid batches.
+            is False, ``interference`` without domain batches or fills, ``k`` out of range,
+            or invalid batches.
     """
     if method not in IMPORTANCE_METHODS:
         raise ValueError(
             f"importance method={method!r} is not supported "
             f"(choose one of {list(IMPORTANCE_METHODS)})"
         )
-    if method not in ("mask-out", "snr") and not score_units:
+    if method in ("grad-cumulative", "rank") and not score_units:
         raise ValueError(f"importance method={method!r} needs score_units=True")
+    if (method == "interference" or domain is not None) and (not domain or fills is None):
+        raise ValueError("the interference score needs domain batches and the copies' fills")
     num_layers = len(model.layers)
     if not 1 <= k < num_layers:
         raise ValueError(
@@ -258,14 +284,26 @@ def profile_layers(
                 for layer, kinds in per_module.items()
             },
         )
+    seconds = {}
+    start = time.perf_counter()
     losses = mask_out_losses(model, batches, group, progress)
     layer_scores = {"mask-out": losses.importance}
+    seconds["mask-out"] = time.perf_counter() - start
     unit_scores: dict[int, dict[str, float]] = {}
     if score_units:
+        start = time.perf_counter()
         gradient = grad_cumulative_importance(model, batches, group, progress)
         unit_scores = gradient.unit_scores
         layer_scores["grad-cumulative"] = gradient.layer_scores
         layer_scores["rank"] = rank_importance(unit_scores, num_layers)
+        seconds["unit scores"] = time.perf_counter() - start
+    if domain:
+        start = time.perf_counter()
+        per_layer = interference_scores(
+            model, batches, domain, fills, chunk=chunk, group=group, progress=progress
+        )
+        layer_scores["interference"] = [per_layer[i] for i in range(num_layers)]
+        seconds["interference"] = time.perf_counter() - start
     return LayerProfile(
         method=method,
         layer_scores=layer_scores,
@@ -274,6 +312,8 @@ def profile_layers(
         data=data,
         unit_scores=unit_scores,
         base_loss=losses.base_loss,
+        domain=dict(domain_info or {}) if domain else None,
+        seconds=seconds,
     )
 
 
@@ -401,41 +441,52 @@ def _plot_unit_heatmap(profile: LayerProfile, path: Path) -> None:
 
 
 def _plot_layer_scores(profile: LayerProfile, path: Path) -> None:
-    """One bar per layer for the chosen method; selected layers coloured and labelled."""
-    scores = profile.scores
+    """One bar per layer for the chosen method; selected layers coloured and labelled.
+
+    When another method chose, mask-out's scores are drawn below it, for comparison.
+    """
+    methods = [profile.method]
+    if profile.method != "mask-out" and "mask-out" in profile.layer_scores:
+        methods.append("mask-out")
+    num_layers = len(profile.scores)
     selected = set(profile.selected_layers)
-    fig = Figure(figsize=(max(6.0, 0.3 * len(scores) + 2) + 2.5, 4.0))
-    ax = fig.add_subplot()
-    colours = ["tab:red" if i in selected else "tab:blue" for i in range(len(scores))]
-    ax.bar(range(len(scores)), scores, color=colours)
-    ax.axhline(0.0, color="black", linewidth=0.8)
-    for i in profile.selected_layers:
-        # A selected layer's score is often ~0, so its bar is invisible: shade its column.
-        ax.axvspan(i - 0.5, i + 0.5, color="tab:red", alpha=0.12, linewidth=0)
-        ax.annotate(
-            str(i),
-            xy=(i, max(scores[i], 0.0)),
-            xytext=(0, 3),
-            textcoords="offset points",
-            ha="center",
-            va="bottom",
-            color="tab:red",
-            fontweight="bold",
-        )
-    _label_layers(ax.set_xticks, ax.get_xticklabels, len(scores), profile.selected_layers)
-    ax.set_xlabel("layer")
-    ax.set_ylabel(_SCORE_LABELS[profile.method])
-    base = "" if profile.base_loss is None else f", L_base = {profile.base_loss:.4f}"
-    ax.set_title(f"Layer importance ({profile.method}) — {profile.model.name}{base}")
-    ax.legend(
-        handles=[
-            Patch(color="tab:red", label=f"selected for expansion (k={len(selected)})"),
-            Patch(color="tab:blue", label="kept as is"),
-        ],
-        loc="upper left",
-        bbox_to_anchor=(1.01, 1.0),
-        fontsize="small",
-    )
+    fig = Figure(figsize=(max(6.0, 0.3 * num_layers + 2) + 2.5, 4.0 * len(methods)))
+    for row, method in enumerate(methods):
+        scores = profile.layer_scores[method]
+        ax = fig.add_subplot(len(methods), 1, row + 1)
+        colours = ["tab:red" if i in selected else "tab:blue" for i in range(num_layers)]
+        ax.bar(range(num_layers), scores, color=colours)
+        ax.axhline(0.0, color="black", linewidth=0.8)
+        for i in profile.selected_layers:
+            # A selected layer's score is often ~0, so its bar is invisible: shade its column.
+            ax.axvspan(i - 0.5, i + 0.5, color="tab:red", alpha=0.12, linewidth=0)
+            ax.annotate(
+                str(i),
+                xy=(i, max(scores[i], 0.0)),
+                xytext=(0, 3),
+                textcoords="offset points",
+                ha="center",
+                va="bottom",
+                color="tab:red",
+                fontweight="bold",
+            )
+        _label_layers(ax.set_xticks, ax.get_xticklabels, num_layers, profile.selected_layers)
+        ax.set_xlabel("layer")
+        ax.set_ylabel(_SCORE_LABELS[method], fontsize="small")
+        if row == 0:
+            base = "" if profile.base_loss is None else f", L_base = {profile.base_loss:.4f}"
+            ax.set_title(f"Layer importance ({method}) — {profile.model.name}{base}")
+            ax.legend(
+                handles=[
+                    Patch(color="tab:red", label=f"selected for expansion (k={len(selected)})"),
+                    Patch(color="tab:blue", label="kept as is"),
+                ],
+                loc="upper left",
+                bbox_to_anchor=(1.01, 1.0),
+                fontsize="small",
+            )
+        else:
+            ax.set_title(f"{method}, for comparison (red: the layers {profile.method} chose)")
     fig.tight_layout()
     fig.savefig(path, format="png", dpi=120)
 

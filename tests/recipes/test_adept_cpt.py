@@ -20,6 +20,7 @@ from safetensors.torch import load_file
 from adept_components.checkpointing import export_hf, read_trainable_tensors
 from adept_components.config import asset_path
 from adept_components.expansion import ExpansionMetadata
+from adept_components.importance import select_layers
 
 BASE = Path(asset_path("demo/base_model"))
 FAST = [
@@ -380,6 +381,42 @@ def test_stage1_only_saves_a_function_preserving_expansion(tmp_path: Path) -> No
     assert meta["source_layers"] == profile["selected_layers"]
 
 
+def test_interference_selection_is_deterministic_and_the_same_on_two_ranks(
+    tmp_path: Path,
+) -> None:
+    """``expansion.importance=interference``: the profile holds the new score beside
+    mask-out's and the domain batches it used; the k lowest are copied; a second run with the
+    seed gives the same profile bit for bit; two gloo ranks (each scoring its share of the
+    batches, sums all-reduced) give one process's scores and the same layers."""
+    common = ["stage1_only=true", "expansion.importance=interference", "seed=3"]
+    run(tmp_path / "a", *common)
+    run(tmp_path / "b", *common)
+    first, again = (
+        json.loads((tmp_path / name / "profile" / "layer_importance.json").read_text())
+        for name in ("a", "b")
+    )
+    assert sorted(first.pop("seconds")) == ["interference", "mask-out", "unit scores"]
+    again.pop("seconds")
+    assert first == again
+    scores = first["layer_scores"]
+    assert sorted(scores) == ["grad-cumulative", "interference", "mask-out", "rank"]
+    assert first["method"] == "interference"
+    assert first["selected_layers"] == select_layers(scores["interference"], 2)
+    assert first["domain"]["order_seed"] == 4 and first["domain"]["batches"] > 0
+    assert (tmp_path / "a" / "profile" / "layer_importance_layers.png").stat().st_size > 0
+    meta = json.loads((tmp_path / "a" / "final" / "adept_expansion.json").read_text())
+    assert meta["source_layers"] == first["selected_layers"]
+
+    two = ["--nproc_per_node", "2", "adept_cpt", "--config", "tiny_demo"]
+    result = tune_run([*two, f"output_dir={tmp_path / 'two'}", *common], tmp_path)
+    assert result.returncode == 0, result.stderr[-4000:]
+    ranks = json.loads((tmp_path / "two" / "profile" / "layer_importance.json").read_text())
+    assert ranks["selected_layers"] == first["selected_layers"]
+    assert ranks["layer_scores"]["interference"] == pytest.approx(
+        scores["interference"], rel=1e-4, abs=1e-7
+    )
+
+
 def test_probe_mixture_from_yaml(tmp_path: Path) -> None:
     """Spec S1.1's two kinds in one probe set, configured in YAML: the profile records both."""
     from omegaconf import OmegaConf
@@ -461,6 +498,10 @@ _BAD = {
     "layer_out_of_range": (["expansion.layers=[3,40]"], "40"),
     "duplicate_layers": (["expansion.layers=[3,3]"], "3"),
     "unknown_importance": (["expansion.importance=magic"], "expansion.importance='magic'"),
+    "interference_chunk": (
+        ["expansion.importance=interference", "expansion.interference_chunk=0"],
+        "expansion.interference_chunk=0 must be a positive integer",
+    ),
     "missing_dataset_file": (["dataset.source=/nonexistent/corpus.jsonl"], "does not exist"),
     "seq_len_too_long": (["dataset.max_seq_len=1024"], "dataset.max_seq_len=1024 exceeds"),
     "dtype": (["dtype=fp8"], "dtype='fp8'"),
