@@ -127,7 +127,7 @@ REAL_DOMAINS = {
     "medical": Domain("medical_train.txt", "medical_heldout.txt"),
     "maths": Domain("maths_train.txt", "maths_heldout.txt"),
 }
-NEAR_BEST_ALL = ("llama_pro", "random", "rank", "spectrum", "replay")
+NEAR_BEST_ALL = ("llama_pro", "random", "rank", "spectrum", "replay", "interference")
 PRESETS: dict[str, Preset] = {
     # The budget of Gemma 3 is the pilot's (BENCHMARKS.md): 50 steps of 4 x 256 tokens.
     "gemma3": Preset(
@@ -194,6 +194,7 @@ QUICK = {"steps": 4, "refresh_every": 2, "warmup": 1, "samples": {"general": 4, 
          "seeds": (0, 1)}  # fmt: skip
 # What each line does on top of its method: the rank probe, 10 % general replay.
 RANK = ("expansion.importance=rank",)
+INTERFERENCE = ("expansion.importance=interference",)  # its own stage 1 per seed
 REPLAY_WEIGHT = 0.1
 # Setting fields a record's runs must share (a rerun with other values needs its own --tag).
 BUDGET_KEYS = ("steps", "batch_size", "seq_len", "k", "warmup", "refresh_every", "samples")
@@ -280,6 +281,7 @@ def plan(preset: Preset, domain: str, runs: dict[str, dict[str, Any]],
             "rank": [spec("adept+rank", "adept", adept, overrides=RANK, profile=False)],
             "spectrum": [spec("spectrum", "spectrum", lr) for lr in sweeps["full"][-2:]],
             "replay": [spec("adept+replay", "adept", adept, overrides=replay_overrides(args))],
+            "interference": [],  # after the decisive seeds, below
         }
         for line in preset.near_best:
             specs += near[line]
@@ -294,6 +296,11 @@ def plan(preset: Preset, domain: str, runs: dict[str, dict[str, Any]],
                 specs.append(spec("llama_pro", "llama_pro", adept, seed))
             if lora is not None:
                 specs.append(spec("lora", "lora", lora, seed, profile=False))
+        if "interference" in preset.near_best:  # stage 1 by interference, probed per seed
+            specs += [
+                spec("adept+interference", "adept", adept, seed, INTERFERENCE, profile=False)
+                for seed in preset.seeds
+            ]
     return specs
 
 
@@ -682,7 +689,8 @@ def verdict_lines(runs: dict[str, dict[str, Any]]) -> list[str]:
 _COLORS = {"full": "tab:red", "adept": "tab:green", "llama_pro": "tab:orange",
            "no_stage2": "tab:blue", "random": "tab:purple", "no_stage1": "tab:brown",
            "lora": "tab:cyan", "spectrum": "tab:olive", "adept+rank": "tab:pink",
-           "adept+replay": "darkgreen", "full+replay": "darkred"}  # fmt: skip
+           "adept+replay": "darkgreen", "full+replay": "darkred",
+           "adept+interference": "black"}  # fmt: skip
 
 
 def plot(runs: dict[str, dict[str, Any]], path: Path, title: str) -> None:
@@ -837,6 +845,16 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--pilot-lr", type=float, default=1e-4)
     parser.add_argument("--report-only", action="store_true", help="rewrite .md/.png from JSON")
     parser.add_argument("--convert", type=Path, help="a former result file to convert")
+    parser.add_argument(
+        "--sweep",
+        action="append",
+        default=[],
+        metavar="LINE=LR[,LR]",
+        help="replace a line's sweep (e.g. adept=3e-3): a record of chosen points only",
+    )
+    parser.add_argument(
+        "--near", help="comma-separated lines at ADEPT's best rate (default: the preset's)"
+    )
     args = parser.parse_args(argv)
     args.argv = argv
     preset = PRESETS[args.model]
@@ -849,6 +867,25 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         preset = dataclasses.replace(preset, **QUICK)
     if args.steps:
         preset = dataclasses.replace(preset, steps=args.steps)
+    if args.sweep:
+        sweeps = dict(preset.sweeps[args.domain])
+        for item in args.sweep:
+            line, _, rates = item.partition("=")
+            if line not in ("full", "adept", "lora") or not (rates or line == "lora"):
+                parser.error(
+                    f"--sweep {item}: use full=LR, adept=LR or lora=LR (comma-separated; "
+                    "lora= runs no LoRA)"
+                )
+            sweeps[line] = tuple(float(r) for r in rates.split(",") if r)
+        preset = dataclasses.replace(preset, sweeps={**preset.sweeps, args.domain: sweeps})
+    if args.near is not None:
+        near = tuple(n for n in args.near.split(",") if n)
+        unknown = sorted(set(near) - set(NEAR_BEST_ALL))
+        if unknown:
+            parser.error(
+                f"--near {args.near}: unknown lines {unknown}; choose from {NEAR_BEST_ALL}"
+            )
+        preset = dataclasses.replace(preset, near_best=near)
     args.preset = preset
     args.domain_spec = preset.domains[args.domain]
     args.data_dir = args.data_dir.expanduser()

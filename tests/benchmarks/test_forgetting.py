@@ -55,6 +55,34 @@ def test_the_plan_sweeps_first_then_the_lines_near_adept_and_the_seeds() -> None
     replay = next(r for r in later if r.line == "adept+replay")
     assert "+dataset.sources=" in replay.overrides[-1] and "weight: 0.1" in replay.overrides[-1]
     assert not next(r for r in later if r.line == "adept+rank").profile  # probes by rank
+    # Stage 1 by interference: three seeds, each probing its own domain sample, last.
+    interference = [r for r in later if r.line == "adept+interference"]
+    assert [r.name for r in interference] == [
+        "adept+interference_lr0.0003", "adept+interference_lr0.0003_s1",
+        "adept+interference_lr0.0003_s2",
+    ]  # fmt: skip
+    assert names[-3:] == [r.name for r in interference]
+    assert all(not r.profile and r.overrides == forgetting.INTERFERENCE for r in interference)
+
+
+def test_chosen_points_replace_the_sweep() -> None:
+    """``--sweep`` and ``--near``: a record of chosen rates and lines only."""
+    args = forgetting.parse_args(
+        ["--model", "smollm2", "--domain", "medical", "--sweep", "adept=3e-3",
+         "--sweep", "full=1e-4", "--near", "llama_pro,interference"]
+    )  # fmt: skip
+    preset = args.preset
+    first = forgetting.plan(preset, "medical", {}, args)
+    assert [r.name for r in first] == ["full_lr0.0001", "adept_lr0.003", "lora_lr0.0001",
+                                       "lora_lr0.0003", "lora_lr0.001"]  # fmt: skip
+    args = forgetting.parse_args(["--model", "smollm2", "--sweep", "lora=", "--near", ""])
+    assert [r.name for r in forgetting.plan(args.preset, "medical", {}, args)][-1] == (
+        "adept_lr0.003"
+    )
+    with pytest.raises(SystemExit):
+        forgetting.parse_args(["--model", "smollm2", "--near", "magic"])
+    with pytest.raises(SystemExit):
+        forgetting.parse_args(["--model", "smollm2", "--sweep", "adept"])
 
 
 def test_a_former_record_converts_with_its_numbers() -> None:

@@ -1,0 +1,35 @@
+"""The copy-skip validation's statistics (``benchmarks/interference_validation.py``), without runs."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+import interference_validation as validation  # noqa: E402
+
+
+def test_spearman_with_ties_and_its_interval() -> None:
+    # Ranks of x: 1, 2, 3, 4, 5; of y (a tie at 2.0): 1, 2.5, 2.5, 4, 5.
+    x, y = [0.1, 0.2, 0.3, 0.4, 0.5], [1.0, 2.0, 2.0, 3.0, 9.0]
+    # Pearson on ranks with ties: cov = 9.5, var_x = 10, var_y = 9.5.
+    assert validation.spearman(x, y) == pytest.approx(9.5 / (10 * 9.5) ** 0.5)
+    assert validation.spearman(x, [-v for v in x]) == pytest.approx(-1.0)
+    rho, low, high = validation.bootstrap_spearman(x, [v * v for v in x])
+    assert rho == low == high == pytest.approx(1.0)  # monotone: every resample agrees
+
+
+def test_a_copys_effects_are_paired_differences() -> None:
+    def docs(loss: float) -> list[list[float]]:
+        return [[loss * 10, 10], [loss * 30, 30]]
+
+    full = {"general_a": docs(2.0), "general_b": docs(3.0), "domain": docs(1.5)}
+    skipped = {"general_a": docs(1.9), "general_b": docs(2.9), "domain": docs(1.7)}
+    effect = validation._effect(full, skipped)
+    assert effect["general_effect"] == pytest.approx(0.1)
+    assert effect["domain_effect"] == pytest.approx(0.2)
+    assert effect["interference"] == pytest.approx(0.5)
+    hurts = {**skipped, "domain": docs(1.4)}  # the copy made the domain worse: no ratio
+    assert validation._effect(full, hurts)["interference"] is None
