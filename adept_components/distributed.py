@@ -80,3 +80,24 @@ def global_means(
     """
     totals = all_reduce_sum(totals, group)
     return (totals[:-1] / totals[-1]).tolist(), totals[-1].item()
+
+
+def broadcast_int(value: int, device: torch.device, src: int = 0) -> int:
+    """Rank ``src``'s ``value`` on every rank (itself without a process group).
+
+    The recipe keeps one random seed for all ranks with it: a seed each rank drew for itself
+    would give each its own data order and, with ``method=random``, its own copies.
+
+    Args:
+        value (int): this rank's value (only ``src``'s is kept); must fit in int64.
+        device (torch.device): where the collective's tensor lives (CUDA under NCCL).
+        src (int): the rank whose value wins.
+
+    Returns:
+        int: ``src``'s value.
+    """
+    if rank_and_world()[1] == 1:
+        return value
+    tensor = torch.tensor([value], dtype=torch.int64, device=device)
+    dist.broadcast(tensor, src=src)
+    return int(tensor.item())

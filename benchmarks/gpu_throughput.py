@@ -220,7 +220,7 @@ def measure(spec: Spec) -> dict[str, Any]:
             if cuda:
                 torch.cuda.synchronize()
             start = time.perf_counter()
-            loss, _ = recipe.train_step()  # the recipe's step; .item() inside syncs
+            loss, _, _ = recipe.train_step()  # the recipe's step; .item() inside syncs
             if cuda:
                 torch.cuda.synchronize()
             times.append(time.perf_counter() - start)

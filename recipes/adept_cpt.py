@@ -47,13 +47,19 @@ from torch.distributed.checkpoint.state_dict import (
     set_model_state_dict,
     set_optimizer_state_dict,
 )
+from torch.distributed.tensor import DTensor
 from torchtune import config as tt_config
 from torchtune import training, utils
 from torchtune.data import CROSS_ENTROPY_IGNORE_IDX
 from torchtune.modules import TransformerSelfAttentionLayer
 from tqdm import tqdm
 
-from adept_components.atomic import recover_directories, write_text_atomically
+from adept_components.atomic import (
+    new_tag,
+    recover_directories,
+    staging_directory,
+    write_text_atomically,
+)
 from adept_components.checkpointing import (
     TRAINING_STATE_FILE,
     HFCheckpointer,
@@ -77,6 +83,7 @@ from adept_components.config import (
 )
 from adept_components.data import MixedText, epoch_order, probe_batches
 from adept_components.data.leading_bos import check_bos_leads, first_tokens, required_bos
+from adept_components.distributed import broadcast_int
 from adept_components.evaluation import retention_from_canary
 from adept_components.expansion import (
     GATE_LR_MULTIPLIER,
@@ -105,6 +112,7 @@ from adept_components.importance import (
     write_profile,
 )
 from adept_components.losses import ChunkedHeadCrossEntropy, heldout_loss, shift_labels
+from adept_components.metrics import peak_memory_stats
 from adept_components.models import architecture_of
 from adept_components.models.tokenizers import vocabulary_size
 from adept_components.optim import UnitScaledScheduler, build_optimizer, lr_scales, plot_scales
@@ -168,6 +176,13 @@ class AdeptCPTRecipe:
         self.world_size, self.rank = utils.get_world_size_and_rank()
         self.is_rank_zero = self.rank == 0
         self.dtype = training.get_dtype(plan.dtype, device=self.device)
+        if plan.seed_is_random and self.distributed:  # each rank drew one: keep rank 0's
+            plan = self.plan = dataclasses.replace(plan, seed=broadcast_int(plan.seed, self.device))
+        if plan.seed > 2**32 - self.world_size:
+            raise ConfigError(
+                f"seed={plan.seed}: with {self.world_size} ranks every rank seeds seed + rank, "
+                f"which must stay below 2**32; use a seed of at most {2**32 - self.world_size}"
+            )
         training.set_seed(plan.seed)
         self.metric_logger = None  # built after everything that can reject the run
         self.metadata: ExpansionMetadata | None = None
@@ -558,20 +573,23 @@ class AdeptCPTRecipe:
         # and logged on their own (refresh_seconds, canary/seconds, save_seconds).
         tokens_seen, start = 0, time.perf_counter()
         while self.step < stop_at:
-            loss, num_tokens = self.train_step()
+            loss, num_tokens, grad_norm = self.train_step()
             self.step += 1
             tokens_seen += num_tokens
             progress.update(1)
             progress.set_postfix(loss=f"{loss:.4f}")
             if self.is_rank_zero and train.log_every and self.step % train.log_every == 0:
-                self.metric_logger.log_dict(
-                    {
-                        "loss": loss,
-                        "lr": self._base_lr(),
-                        "tokens_per_second": tokens_seen / (time.perf_counter() - start),
-                    },
-                    step=self.step,
-                )
+                seconds = time.perf_counter() - start
+                metrics = {
+                    "loss": loss,
+                    "lr": self._base_lr(),
+                    "tokens_per_second_per_gpu": tokens_seen / seconds / self.world_size,
+                }
+                if grad_norm is not None:
+                    metrics["grad_norm"] = grad_norm
+                if train.log_peak_memory:
+                    metrics.update(peak_memory_stats(self.device))
+                self.metric_logger.log_dict(metrics, step=self.step)
                 tokens_seen, start = 0, time.perf_counter()
             paused = time.perf_counter()
             if decoupled and refresh.due(self.step) and self.step < train.max_steps:
@@ -597,11 +615,13 @@ class AdeptCPTRecipe:
         if canary_every and self.step % canary_every != 0:
             self._log_canary()
 
-    def train_step(self) -> tuple[float, int]:
+    def train_step(self) -> tuple[float, int, float | None]:
         """One optimizer step over ``gradient_accumulation_steps`` micro-batches.
 
         Returns:
-            tuple[float, int]: the step's mean token loss (over all ranks) and tokens trained.
+            tuple[float, int, float | None]: the step's mean token loss (over all ranks),
+            the tokens trained (all ranks), and the gradient norm before clipping (None
+            without ``clip_grad_norm``).
         """
         grad_accum, clip = self.plan.train.grad_accum, self.plan.train.clip_grad_norm
         total = torch.zeros(2, dtype=torch.float64, device=self.device)  # [loss sum, tokens]
@@ -622,14 +642,16 @@ class AdeptCPTRecipe:
                 f"weights. Last good checkpoint: {last or 'none (no save_every_n_steps checkpoint yet)'}. "
                 "Lower optimizer.lr or raise lr_scheduler.num_warmup_steps"
             )
-        if clip is not None:
-            torch.nn.utils.clip_grad_norm_(
+        grad_norm = None
+        if clip is not None:  # inf: the norm is measured and logged, nothing clipped
+            norm = torch.nn.utils.clip_grad_norm_(
                 [p for p in self.model.parameters() if p.requires_grad], clip
             )
+            grad_norm = float(norm.full_tensor() if isinstance(norm, DTensor) else norm)
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return mean_loss, int(total[1].item())
+        return mean_loss, int(total[1].item()), grad_norm
 
     def _micro_batch(self, step: int, micro: int) -> torch.Tensor:
         """Chunks for (step, micro-batch) on this rank: a pure function of the position.
@@ -836,7 +858,9 @@ class AdeptCPTRecipe:
         """
         name = f"checkpoints/step_{self.step}"
         if self.plan.train.intermediate_checkpoints == "full":
-            return self.save_checkpoint(name, with_training_state=True)
+            path = self.save_checkpoint(name, with_training_state=True)
+            self._keep_last_checkpoints()
+            return path
         path, start = self.output_dir / name, time.perf_counter()
         info = TrainableCheckpointInfo(
             step=self.step,
@@ -857,7 +881,26 @@ class AdeptCPTRecipe:
             extra_json=expansion_extra_json(self.metadata) if self.metadata else None,
         )
         self._saved(path, start, "resume checkpoint (trained tensors and optimizer state)")
+        self._keep_last_checkpoints()
         return path
+
+    def _keep_last_checkpoints(self) -> None:
+        """``keep_last_n_checkpoints``: remove the older ``step_N`` once the newest is complete.
+
+        Each is renamed to a hidden staging name first (atomic), so a crash mid-removal leaves
+        nothing a resume could take for a checkpoint (``recover_directories`` removes it).
+        """
+        keep = self.plan.train.keep_last_n
+        if keep is None:
+            return
+        if self.is_rank_zero:
+            for old in self._complete_checkpoints()[:-keep]:
+                doomed = staging_directory(old, new_tag())
+                old.rename(doomed)
+                shutil.rmtree(doomed, ignore_errors=True)
+                self._log(f"Removed {old} (keep_last_n_checkpoints={keep})")
+        if self.distributed:
+            dist.barrier()
 
     def _training_state(self) -> dict[str, Any]:
         """Step, method, schedule and unit scales, canary record and RNG, for resume."""
@@ -1068,14 +1111,19 @@ class AdeptCPTRecipe:
         torch.set_rng_state(state["rng"]["torch"])
         random.setstate(state["rng"]["python"])
 
-    def _last_checkpoint(self) -> Path | None:
-        """The newest ``checkpoints/step_N`` holding a training state, if any."""
+    def _complete_checkpoints(self) -> list[Path]:
+        """Complete ``checkpoints/step_N`` directories, oldest first."""
         found = [
             p
             for p in (self.output_dir / "checkpoints").glob("step_*")
             if (p / TRAINING_STATE_FILE).is_file() and p.name.removeprefix("step_").isdigit()
         ]
-        return max(found, key=lambda p: int(p.name.removeprefix("step_")), default=None)
+        return sorted(found, key=lambda p: int(p.name.removeprefix("step_")))
+
+    def _last_checkpoint(self) -> Path | None:
+        """The newest ``checkpoints/step_N`` holding a training state, if any."""
+        found = self._complete_checkpoints()
+        return found[-1] if found else None
 
     def _base_lr(self) -> float:
         if isinstance(self.scheduler, UnitScaledScheduler):

@@ -64,9 +64,21 @@ def test_stage1_selection(
 
 
 def test_a_null_seed_is_drawn_once() -> None:
-    first, second = plan("seed=null"), plan("seed=null")
-    assert first.seed_is_random and 0 <= first.seed < 2**32
-    assert first.seed != second.seed  # 1 in 2**32 to fail
+    first, second = plan("seed=null"), plan("seed=None")  # None: torchtune users' spelling
+    assert first.seed_is_random and second.seed_is_random and 0 <= first.seed < 2**31
+    assert first.seed != second.seed  # 1 in 2**31 to fail
+
+
+def test_torchtune_idioms() -> None:
+    """``clip_grad_norm=inf`` (log the norm, clip nothing), ``+log_peak_memory_stats=True``
+    and ``keep_last_n_checkpoints`` are read, not ignored or refused."""
+    p = plan("clip_grad_norm=inf", "+log_peak_memory_stats=True", "+keep_last_n_checkpoints=2")
+    assert (p.train.clip_grad_norm, p.train.log_peak_memory, p.train.keep_last_n) == (
+        float("inf"),
+        True,
+        2,
+    )
+    assert plan().train.keep_last_n is None and not plan().train.log_peak_memory
 
 
 def test_defaults_live_in_the_plan() -> None:
@@ -104,7 +116,26 @@ def test_defaults_live_in_the_plan() -> None:
          "arguments ['momentum', 'weight_decay']"),
         (("expansion.layers=3",), "expansion.layers=3 must be a list of layer indices"),
         (("expansion.importance=magic",), "expansion.importance='magic'; use one of mask-out"),
-        (("clip_grad_norm=-1",), "clip_grad_norm=-1 must be a positive number or null"),
+        (("clip_grad_norm=-1",), "clip_grad_norm=-1 must be a positive number, inf (log "
+         "grad_norm without clipping) or null"),
+        (("keep_last_n_checkpoints=0",), "keep_last_n_checkpoints=0 must be a positive integer"),
+        (("+log_peak_memory_stats=maybe",), "log_peak_memory_stats='maybe' must be true or"),
+        (("model._component_=adept_components.models.qwen3_8bb",),
+         "model._component_: 'adept_components.models.qwen3_8bb' cannot be imported: "
+         "adept_components.models has no 'qwen3_8bb'; did you mean "
+         "adept_components.models.qwen3_8b or"),
+        (("model._component_=adept_component.models.qwen3_8b",),
+         "no module 'adept_component'; did you mean adept_components.models.qwen3_8b?"),
+        (("tokenizer._component_=adept_components.models.tokenizers.qwen_tokenizer",),
+         "did you mean adept_components.models.tokenizers.qwen3_tokenizer"),
+        (("~model._component_",), "`model` must be a mapping with a `_component_` entry: add "
+         "model._component_=..."),
+        (("+checkpointer.checkpoint_files=[model.safetensors]",),
+         "checkpointer.checkpoint_files: this project's checkpointer "
+         "(adept_components.checkpointing.HFCheckpointer) does not take checkpoint_files: it "
+         "reads every *.safetensors file of checkpoint_dir"),
+        (("+dataset.max_tokenz=5",), "dataset.max_tokenz is not an argument of "
+         "adept_components.data.packed_text_dataset (arguments: tokenizer, source"),
         (("canary.batch_size=0",), "canary.batch_size=0 must be a positive integer"),
         (("~canary.domain",), "canary.every_n_steps is set but canary.domain"),
         (("~probe",), "method=adept needs a `probe` section"),

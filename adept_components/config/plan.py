@@ -21,6 +21,7 @@ from typing import Any, Literal
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch.optim import Optimizer
 
+from adept_components.config.components import check_components
 from adept_components.config.loading import (
     ConfigError,
     check_int,
@@ -409,9 +410,14 @@ class TrainPlan:
         max_steps (int): optimizer steps of the whole run (the schedule's length).
         stop_after_steps (int | None): stop this many steps after the start (or resume) and
             leave a checkpoint to resume from.
-        clip_grad_norm (float | None): global gradient-norm clip of the trained weights.
+        clip_grad_norm (float | None): global gradient-norm clip of the trained weights
+            (``inf``: measure and log ``grad_norm`` without clipping, as torchtune).
         log_every (int): ``log_every_n_steps``.
+        log_peak_memory (bool): ``log_peak_memory_stats``: peak memory on every log line.
         save_every (int): ``save_every_n_steps`` (0: only the final checkpoint).
+        keep_last_n (int | None): ``keep_last_n_checkpoints``: the ``step_N`` checkpoints
+            kept, the newest; an older one is removed only once a newer one is complete.
+            None keeps all.
         intermediate_checkpoints (str): what a ``step_N`` checkpoint holds: ``trainable``
             (the trained tensors, optimizer and schedule, over a reference to the base
             checkpoint) or ``full`` (a complete HF directory as well). ``final`` is always full.
@@ -430,7 +436,9 @@ class TrainPlan:
     stop_after_steps: int | None = None
     clip_grad_norm: float | None = None
     log_every: int = 1
+    log_peak_memory: bool = False
     save_every: int = 0
+    keep_last_n: int | None = None
     intermediate_checkpoints: str = "trainable"
     activation_checkpointing: bool = False
     compile: bool = False
@@ -440,16 +448,21 @@ class TrainPlan:
     def from_config(cls, cfg: DictConfig) -> TrainPlan:
         for key in ("batch_size", "max_steps"):
             check_positive_int(cfg, key)
-        for key in ("gradient_accumulation_steps", "stop_after_steps"):
+        for key in ("gradient_accumulation_steps", "stop_after_steps", "keep_last_n_checkpoints"):
             check_positive_int(cfg, key, required=False)
         for key in ("save_every_n_steps", "log_every_n_steps"):
             if cfg.get(key) is not None:
                 check_int(cfg[key], key, minimum=0)
         clip = cfg.get("clip_grad_norm")
+        if isinstance(clip, str) and clip.lower() in ("inf", "+inf", "infinity"):
+            clip = math.inf  # torchtune's idiom: log the norm, clip nothing
         if clip is not None and (
             isinstance(clip, bool) or not isinstance(clip, (int, float)) or not clip > 0
         ):
-            raise ConfigError(f"clip_grad_norm={clip!r} must be a positive number or null")
+            raise ConfigError(
+                f"clip_grad_norm={clip!r} must be a positive number, inf (log grad_norm without "
+                "clipping) or null"
+            )
         contents = cfg.get("intermediate_checkpoints") or "trainable"
         if contents not in INTERMEDIATE_CHECKPOINTS:
             raise ConfigError(
@@ -471,7 +484,9 @@ class TrainPlan:
             stop_after_steps=cfg.get("stop_after_steps"),
             clip_grad_norm=None if clip is None else float(clip),
             log_every=1 if cfg.get("log_every_n_steps") is None else cfg.log_every_n_steps,
+            log_peak_memory=_bool(cfg, "log_peak_memory_stats", False),
             save_every=cfg.get("save_every_n_steps") or 0,
+            keep_last_n=cfg.get("keep_last_n_checkpoints"),
             intermediate_checkpoints=contents,
             activation_checkpointing=_bool(cfg, "enable_activation_checkpointing", False),
             compile=_bool(cfg, "compile", False),
@@ -626,11 +641,24 @@ class RunPlan:
             raise ConfigError(f"config lacks required key(s) {missing}")
         for key in COMPONENT_KEYS:
             if not isinstance(cfg[key], DictConfig) or "_component_" not in cfg[key]:
-                raise ConfigError(f"`{key}` must be a mapping with a `_component_` entry")
+                raise ConfigError(
+                    f"`{key}` must be a mapping with a `_component_` entry: add "
+                    f"{key}._component_=... (the shipped configs show one: adept-cpt ls, "
+                    "adept-cpt cp)"
+                )
+        try:
+            check_components(cfg)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
         check_run_fields(cfg)
-        seed, seed_is_random = cfg.seed, cfg.seed is None
+        seed = cfg.seed
+        if isinstance(seed, str) and seed.lower() in ("none", "null"):
+            seed = None  # `seed=None` on a command line is the string 'None' to OmegaConf
+        seed_is_random = seed is None
         if seed_is_random:
-            seed = random.SystemRandom().randrange(2**32)
+            # Drawn here on every rank; the recipe keeps rank 0's (``shared_seed``). Below
+            # 2**31, so seed + rank (torchtune's per-rank seed) stays a uint32.
+            seed = random.SystemRandom().randrange(2**31)
         elif isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
             raise ConfigError(f"seed={seed!r} must be an integer in [0, 2**32) or null (random)")
         trainable_dtype = cfg.get("trainable_dtype")

@@ -17,7 +17,6 @@ which ``UnitScaledScheduler`` updates in place.
 
 from __future__ import annotations
 
-import importlib
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -25,6 +24,7 @@ from typing import Any
 from torch import nn
 from torch.optim import Optimizer
 
+from adept_components.components import import_component
 from adept_components.optim.unit_groups import unit_param_groups
 
 _EXAMPLES = "torch.optim.AdamW or torchao.optim.AdamW8bit"
@@ -56,30 +56,10 @@ def resolve_optimizer_class(path: str | type) -> type[Optimizer]:
 
 
 def _import_dotted(path: str) -> Any:
-    parts = str(path).split(".")
-    if len(parts) < 2 or not all(parts):
-        raise ValueError(f"{path!r} is not a dotted path to a class; use e.g. {_EXAMPLES}")
-    # The longest importable module prefix, then attributes (allows nested classes).
-    for split in range(len(parts) - 1, 0, -1):
-        module_name = ".".join(parts[:split])
-        try:
-            obj: Any = importlib.import_module(module_name)
-        except ModuleNotFoundError as err:
-            if err.name is None or f"{module_name}.".startswith(f"{err.name}."):
-                continue  # no such module: try a shorter prefix
-            raise ValueError(
-                f"{path!r}: importing {module_name} failed: {err}; install the missing package"
-            ) from err
-        try:
-            for attr in parts[split:]:
-                obj = getattr(obj, attr)
-        except AttributeError:
-            break
-        return obj
-    raise ValueError(
-        f"{path!r} cannot be imported: check the spelling and that its package is installed; "
-        f"use e.g. {_EXAMPLES}"
-    )
+    try:
+        return import_component(path)
+    except ValueError as err:
+        raise ValueError(f"{err}; use e.g. {_EXAMPLES}") from None
 
 
 def unit_optimizer(

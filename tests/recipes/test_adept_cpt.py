@@ -222,7 +222,7 @@ def test_every_method_runs(tmp_path: Path, method: str, profile: Path) -> None:
         pinned["domain"], abs=1e-5
     )
     assert len(losses(out, "lr")) == 6
-    assert all(rate > 0 for rate in losses(out, "tokens_per_second").values())
+    assert all(rate > 0 for rate in losses(out, "tokens_per_second_per_gpu").values())
     assert_method_behaviour(out, *BEHAVIOUR[method])
     if method == "llama_pro":
         meta = json.loads((out / "final" / "adept_expansion.json").read_text())

@@ -194,7 +194,7 @@ def test_stop_on_a_save_step_saves_once_and_throughput_counts_training_only(
     refresh = [float(v) for v in re.findall(r"refresh_seconds:(\S+)", log)]
     assert len(refresh) == 2 and min(refresh) >= 3.0  # steps 2 and 4
     assert len(re.findall(r"save_seconds:(\S+)", log)) == 2
-    per_step = {int(m[1]): float(m[2]) for m in re.finditer(r"Step (\d+) \|.*?tokens_per_second:(\S+)", log)}  # fmt: skip
+    per_step = {int(m[1]): float(m[2]) for m in re.finditer(r"Step (\d+) \|.*?tokens_per_second_per_gpu:(\S+)", log)}  # fmt: skip
     step_tokens = 8 * 127  # batch 8 x (128 - 1) supervised tokens of the demo config
     assert step_tokens / per_step[3] < 2.0, (
         log
