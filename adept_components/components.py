@@ -55,7 +55,8 @@ def import_component(path: str) -> Any:
     top = {m.name for m in pkgutil.iter_modules()} | {n.split(".")[0] for n in sys.modules}
     raise ValueError(
         f"{path!r} cannot be imported: check the spelling and that its package is installed; "
-        f"no module {parts[0]!r}" + did_you_mean(parts[0], top, "", rest=".".join(parts[1:]))
+        f"no module {parts[0]!r}"
+        + did_you_mean(parts[0], top, "", rest=".".join(parts[1:]), count=1)
     )
 
 
@@ -67,8 +68,9 @@ def names_in(obj: Any) -> set[str]:
     return names
 
 
-def did_you_mean(name: str, candidates: Any, prefix: str, rest: str = "") -> str:
-    close = difflib.get_close_matches(name, sorted(candidates), n=3, cutoff=0.6)
+def did_you_mean(name: str, candidates: Any, prefix: str, rest: str = "", count: int = 3) -> str:
+    """``"; did you mean A or B?"`` for the ``count`` names closest to ``name`` (or "")."""
+    close = difflib.get_close_matches(name, sorted(candidates), n=count, cutoff=0.6)
     if not close:
         return ""
     joined = [".".join(p for p in (prefix, c, rest) if p) for c in close]

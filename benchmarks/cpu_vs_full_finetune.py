@@ -498,8 +498,8 @@ def copy_positions(sources: list[int]) -> list[int]:
 def estimates(shape: Shape, sources: list[int]) -> dict[str, dict[str, float]]:
     """Per-step compute (FLOPs) and peak training memory (bytes) of full and ADEPT, fp32.
 
-    Compute: matmul FLOPs per token from ``common.flops_per_token`` (the model
-    ``gpu_throughput.py`` uses too), times the step's tokens: full over L layers (plus the
+    Compute: matmul FLOPs per token from ``common.flops_per_token`` (``adept-cpt plan`` counts
+    the same: ``tests/test_planning.py``), times the step's tokens: full over L layers (plus the
     recompute of every layer's forward with activation checkpointing), ADEPT over L + k layers
     with only the k copies training, the backward reaching down to the lowest copy.
     Memory (bytes):

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Python packages for benchmarks/gpu_throughput.py on a GPU machine that has no package index,
+# Python packages for benchmarks/gpu_check.py on a GPU machine that has no package index,
 # from wheels downloaded beforehand on a machine that has one.
 #
 # The GPU machine this was prepared for has python3 3.12 with a CUDA torch 2.11 (and numpy,
@@ -8,18 +8,20 @@
 # (torchtune 0.6.1 imports it when imported), dill and multiprocess (datasets needs both when
 # imported). Those six are the whole set `import torchtune, adept_cpt` needs there (sentencepiece
 # and tiktoken, which `import torchtune` also needs, are already installed); torchdata, blobfile
-# and kagglehub are torchtune requirements the benchmark never imports. setuptools is downloaded
-# only for the isolated build of the editable install of this package. Checked in a fresh
-# virtual environment holding only torch and those other packages (TARGET_PYTHON=3.11).
+# and kagglehub are torchtune requirements the check never needs: where torchtune's `tune`
+# launcher cannot be imported without them, gpu_check.py runs `python -m adept_cpt`, which is
+# what `tune run adept_cpt` runs. transformers is optional too: without it gpu_check.py writes
+# its random-weight model with this package's own builder. setuptools is downloaded only for
+# the isolated build of the editable install of this package. Checked in a fresh virtual
+# environment holding only torch and those other packages (TARGET_PYTHON=3.11).
 #
 # 1. On a machine with PyPI access, from the repository root:
 #      bash benchmarks/gpu_setup.sh download      # -> benchmarks/wheels/ (~10 MB)
 # 2. Copy the repository, benchmarks/wheels/ included, to the GPU machine. There, from the
 #    repository root:
 #      bash benchmarks/gpu_setup.sh install
-#      python3 benchmarks/gpu_throughput.py --json benchmarks/results/gpu_throughput.json \
-#          --markdown benchmarks/results/gpu_throughput.md
-# 3. Copy benchmarks/results/gpu_throughput.json and .md back.
+#      python3 benchmarks/gpu_check.py        # under 10 minutes; exit status 1 if a check fails
+# 3. Copy benchmarks/results/gpu_check.json back.
 #
 # benchmarks/wheels/ is never committed: `download` writes a .gitignore of `*` into it, so git
 # ignores the folder. Copy it along explicitly: a copy of the tracked files alone leaves it out.
