@@ -42,6 +42,7 @@ import forgetting
 from torch import nn
 
 from adept_components.expansion import load_expansion_metadata
+from adept_components.importance.layer_importance import tied_ranks
 
 FORMAT = "adept-interference-validation-v1"
 PREDICTORS = ("mask-out", "grad-cumulative", "rank", "interference")
@@ -147,26 +148,12 @@ def _effect(full: dict[str, list], skipped: dict[str, list]) -> dict[str, Any]:
 
 def spearman(x: list[float], y: list[float]) -> float:
     """Spearman's rank correlation (average ranks for ties)."""
-    rx, ry = _ranks(x), _ranks(y)
+    rx, ry = tied_ranks(x), tied_ranks(y)
     mx, my = sum(rx) / len(rx), sum(ry) / len(ry)
     cov = sum((a - mx) * (b - my) for a, b in zip(rx, ry, strict=True))
     vx = sum((a - mx) ** 2 for a in rx)
     vy = sum((b - my) ** 2 for b in ry)
     return cov / (vx * vy) ** 0.5 if vx > 0 and vy > 0 else 0.0
-
-
-def _ranks(values: list[float]) -> list[float]:
-    order = sorted(range(len(values)), key=lambda i: values[i])
-    ranks = [0.0] * len(values)
-    i = 0
-    while i < len(order):
-        j = i
-        while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
-            j += 1
-        for k in range(i, j + 1):
-            ranks[order[k]] = (i + j) / 2 + 1
-        i = j + 1
-    return ranks
 
 
 def bootstrap_spearman(x: list[float], y: list[float], samples: int = 2000,

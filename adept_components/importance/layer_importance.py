@@ -404,12 +404,25 @@ def _descending_ranks(scores: Sequence[float], name: str) -> list[float]:
     """1-based ranks, highest score first; ties share the average of their ranks."""
     if not all(math.isfinite(s) for s in scores):
         raise ValueError(f"unit {name!r} has a non-finite score: {list(scores)}")
-    order = sorted(range(len(scores)), key=lambda i: -scores[i])
-    ranks = [0.0] * len(scores)
+    return tied_ranks([-s for s in scores])
+
+
+def tied_ranks(values: Sequence[float]) -> list[float]:
+    """1-based ranks, lowest value first; ties share the average of their ranks (as
+    Spearman's correlation needs them).
+
+    Args:
+        values (Sequence[float]): the values to rank.
+
+    Returns:
+        list[float]: each value's rank, in the input's order.
+    """
+    order = sorted(range(len(values)), key=lambda i: values[i])
+    ranks = [0.0] * len(values)
     start = 0
     while start < len(order):
         end = start
-        while end + 1 < len(order) and scores[order[end + 1]] == scores[order[start]]:
+        while end + 1 < len(order) and values[order[end + 1]] == values[order[start]]:
             end += 1
         for position in range(start, end + 1):
             ranks[order[position]] = (start + end) / 2 + 1

@@ -127,7 +127,7 @@ def test_score_is_the_loss_ratio_of_a_real_adam_step(family: str, tmp_path: Path
         assert general_rise / domain_gain == pytest.approx(score, rel=5e-3, abs=1e-5), layer
 
 
-def test_deterministic_and_refuses_bad_candidates(tmp_path: Path) -> None:
+def test_bit_identical_for_the_same_inputs_and_refuses_bad_candidates(tmp_path: Path) -> None:
     directory = save_hf_model(tmp_path / "qwen3", TINY_QWEN3)
     checkpointer = HFCheckpointer(str(directory), str(tmp_path / "out"))
     model = checkpointer.architecture.build()

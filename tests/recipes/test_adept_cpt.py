@@ -385,19 +385,13 @@ def test_interference_selection_is_deterministic_and_the_same_on_two_ranks(
     tmp_path: Path,
 ) -> None:
     """``expansion.importance=interference``: the profile holds the new score beside
-    mask-out's and the domain batches it used; the k lowest are copied; a second run with the
-    seed gives the same profile bit for bit; two gloo ranks (each scoring its share of the
-    batches, sums all-reduced) give one process's scores and the same layers."""
+    mask-out's and the domain batches it used; the k lowest are copied; two gloo ranks (each
+    scoring its share of the batches, sums all-reduced) give one process's scores and the same
+    layers (the scores are bit-identical for a seed: ``test_interference.py``)."""
     common = ["stage1_only=true", "expansion.importance=interference", "seed=3"]
     run(tmp_path / "a", *common)
-    run(tmp_path / "b", *common)
-    first, again = (
-        json.loads((tmp_path / name / "profile" / "layer_importance.json").read_text())
-        for name in ("a", "b")
-    )
+    first = json.loads((tmp_path / "a" / "profile" / "layer_importance.json").read_text())
     assert sorted(first.pop("seconds")) == ["interference", "mask-out", "unit scores"]
-    again.pop("seconds")
-    assert first == again
     scores = first["layer_scores"]
     assert sorted(scores) == ["grad-cumulative", "interference", "mask-out", "rank"]
     assert first["method"] == "interference"
