@@ -24,6 +24,7 @@ import platform
 import re
 import shlex
 import shutil
+import struct
 import subprocess
 import sys
 import time
@@ -504,6 +505,70 @@ def write_hf_model(
 # ----------------------------------------------------------------------- GGUF checkpoints
 
 
+# GGUF metadata value types (the file format's numbering): fixed sizes, 8 string, 9 array.
+GGUF_SIZES = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
+GGUF_STRING, GGUF_ARRAY = 8, 9
+
+
+def gguf_metadata(path: Path, keys: tuple[str, ...]) -> dict[str, str]:
+    """The string values of ``keys`` from a GGUF file's header, read until all are found.
+
+    ``gguf.GGUFReader`` parses every field (a 262k-entry vocabulary: tens of seconds); the
+    architecture and name come first in the header, so this reads a few hundred bytes.
+
+    Args:
+        path (Path): the file.
+        keys (tuple[str, ...]): metadata keys with string values.
+
+    Returns:
+        dict[str, str]: the keys found (a missing key is left out).
+
+    Raises:
+        ValueError: not a GGUF file, or a header that ends early or is malformed.
+    """
+    found: dict[str, str] = {}
+    with path.open("rb") as f:
+
+        def read(fmt: str) -> int:
+            raw = f.read(struct.calcsize(fmt))
+            if len(raw) != struct.calcsize(fmt):
+                raise ValueError("the header ends early")
+            return struct.unpack(fmt, raw)[0]
+
+        def string() -> bytes:
+            return f.read(read("<Q"))
+
+        def skip(kind: int) -> None:
+            if kind in GGUF_SIZES:
+                f.seek(GGUF_SIZES[kind], 1)
+            elif kind == GGUF_STRING:
+                f.seek(read("<Q"), 1)
+            elif kind == GGUF_ARRAY:
+                item, count = read("<I"), read("<Q")
+                if item in GGUF_SIZES:
+                    f.seek(GGUF_SIZES[item] * count, 1)
+                else:
+                    for _ in range(count):
+                        skip(item)
+            else:
+                raise ValueError(f"unknown value type {kind}")
+
+        if f.read(4) != b"GGUF":
+            raise ValueError("no GGUF magic")
+        if read("<I") < 2:
+            raise ValueError("GGUF version 1 is not supported")
+        read("<Q")  # tensor count
+        for _ in range(read("<Q")):
+            key, kind = string().decode(errors="replace"), read("<I")
+            if key in keys and kind == GGUF_STRING:
+                found[key] = string().decode(errors="replace")
+                if len(found) == len(keys):
+                    break
+            else:
+                skip(kind)
+    return found
+
+
 def gguf_model(path: Path, architecture: str, program: str, install_hint: str) -> str:
     """Refuse a file that is not a readable GGUF of ``architecture``; its recorded name.
 
@@ -511,7 +576,8 @@ def gguf_model(path: Path, architecture: str, program: str, install_hint: str) -
         path (Path): the GGUF file (it exists).
         architecture (str): the ``general.architecture`` it must have (``llama``, ``gemma3``).
         program (str): the script's name, first in every message.
-        install_hint (str): how to install the ``gguf`` package.
+        install_hint (str): how to install the ``gguf`` package (transformers reads the
+            weights with it).
 
     Returns:
         str: the model name the file records (``general.name``), or the file's stem.
@@ -519,23 +585,18 @@ def gguf_model(path: Path, architecture: str, program: str, install_hint: str) -
     Raises:
         SystemExit: ``gguf`` missing, an unreadable file, or another architecture.
     """
+    import importlib.util
+
+    if importlib.util.find_spec("gguf") is None:
+        raise SystemExit(f"{program}: the gguf package is missing: {install_hint}")
     try:
-        from gguf import GGUFReader
-    except ImportError:
-        raise SystemExit(f"{program}: the gguf package is missing: {install_hint}") from None
-    try:
-        reader = GGUFReader(str(path))
-    except Exception as e:  # gguf raises ValueError, struct.error, ... on a foreign file
+        fields = gguf_metadata(path, ("general.architecture", "general.name"))
+    except (OSError, ValueError) as e:
         raise SystemExit(f"{program}: {path} is not a readable GGUF file ({e})") from None
-
-    def field(name: str) -> str | None:
-        entry = reader.fields.get(name)
-        return None if entry is None else bytes(entry.parts[entry.data[0]]).decode()
-
-    found = field("general.architecture")
+    found = fields.get("general.architecture")
     if found != architecture:
         raise SystemExit(f"{program}: {path} holds a {found!r} model; expected {architecture!r}")
-    return field("general.name") or path.stem
+    return fields.get("general.name") or path.stem
 
 
 def gguf_to_hf_directory(gguf_file: Path, directory: Path) -> None:

@@ -267,40 +267,46 @@ def plan(preset: Preset, domain: str, runs: dict[str, dict[str, Any]],
          args: argparse.Namespace) -> list[RunSpec]:  # fmt: skip
     """Every run of the preset that the results so far determine, in the order to run them.
 
-    The sweeps come first; the lines near ADEPT's best rate and the seeds of the decisive
-    points follow once the sweeps they depend on are in ``runs``.
+    The sweeps come first. Once they are in ``runs``: LLaMA-Pro at ADEPT's best rate, the
+    other seeds of the decisive points (the verdict rests on them, so they come before the
+    lines that only widen the picture), stage 1 by interference per seed, then the remaining
+    lines near ADEPT's best rate in ``preset.near_best`` order.
     """
     sweeps = preset.sweeps[domain]
     specs = [spec(m, m, lr, profile=m != "lora") for m in sweeps for lr in sweeps[m]]
     swept = all(s.name in runs for s in specs)
     adept = best_lr(runs, "adept") if swept else None
-    if adept is not None:
-        near = {
-            "llama_pro": [spec("llama_pro", "llama_pro", adept)],
-            "random": [spec("random", "random", adept, seed) for seed in preset.seeds],
-            "rank": [spec("adept+rank", "adept", adept, overrides=RANK, profile=False)],
-            "spectrum": [spec("spectrum", "spectrum", lr) for lr in sweeps["full"][-2:]],
-            "replay": [spec("adept+replay", "adept", adept, overrides=replay_overrides(args))],
-            "interference": [],  # after the decisive seeds, below
-        }
-        for line in preset.near_best:
+    if adept is None:
+        return specs
+    near = {
+        "llama_pro": [spec("llama_pro", "llama_pro", adept)],
+        "random": [spec("random", "random", adept, seed) for seed in preset.seeds],
+        "rank": [spec("adept+rank", "adept", adept, overrides=RANK, profile=False)],
+        "spectrum": [spec("spectrum", "spectrum", lr) for lr in sweeps["full"][-2:]],
+        "replay": [spec("adept+replay", "adept", adept, overrides=replay_overrides(args))],
+        "interference": [  # stage 1 by interference, probed per seed
+            spec("adept+interference", "adept", adept, seed, INTERFERENCE, profile=False)
+            for seed in preset.seeds
+        ],
+    }
+    gain = next(r for r in lines_of(runs, "adept") if r["lr"] == adept)["domain_gain"]
+    full = min(lines_of(runs, "full"), key=lambda r: abs(r["domain_gain"] - gain))["lr"]
+    if "replay" in preset.near_best:
+        near["replay"].append(spec("full+replay", "full", full, overrides=replay_overrides(args)))
+    llama_pro = "llama_pro" in preset.near_best or args.model == "tiny"
+    if llama_pro:
+        specs += near["llama_pro"]
+    lora = best_lr(runs, "lora")
+    for seed in preset.seeds[1:]:
+        specs += [spec("adept", "adept", adept, seed), spec("full", "full", full, seed)]
+        if llama_pro:
+            specs.append(spec("llama_pro", "llama_pro", adept, seed))
+        if lora is not None:
+            specs.append(spec("lora", "lora", lora, seed, profile=False))
+    order = ["interference", *(line for line in preset.near_best if line != "interference")]
+    for line in order:
+        if line in preset.near_best and line != "llama_pro":
             specs += near[line]
-        gain = next(r for r in lines_of(runs, "adept") if r["lr"] == adept)["domain_gain"]
-        full = min(lines_of(runs, "full"), key=lambda r: abs(r["domain_gain"] - gain))["lr"]
-        if "replay" in preset.near_best:
-            specs.append(spec("full+replay", "full", full, overrides=replay_overrides(args)))
-        lora = best_lr(runs, "lora")
-        for seed in preset.seeds[1:]:
-            specs += [spec("adept", "adept", adept, seed), spec("full", "full", full, seed)]
-            if "llama_pro" in preset.near_best or args.model == "tiny":
-                specs.append(spec("llama_pro", "llama_pro", adept, seed))
-            if lora is not None:
-                specs.append(spec("lora", "lora", lora, seed, profile=False))
-        if "interference" in preset.near_best:  # stage 1 by interference, probed per seed
-            specs += [
-                spec("adept+interference", "adept", adept, seed, INTERFERENCE, profile=False)
-                for seed in preset.seeds
-            ]
     return specs
 
 

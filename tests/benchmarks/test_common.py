@@ -144,3 +144,41 @@ def test_random_qwen3_has_the_timing_shape() -> None:
     assert common.layer_numbers(model) == common.LayerNumbers(
         matmul=2 * 32 * 32 + 2 * 32 * 16 + 3 * 32 * 96, head=64 * 32, attention_width=32
     )
+
+
+def test_the_header_reader_agrees_with_gguf(tmp_path: Path) -> None:
+    """``common.gguf_metadata`` reads the keys GGUFReader reads, past arrays of every kind."""
+    gguf = pytest.importorskip("gguf")
+    import numpy as np
+
+    path = tmp_path / "model.gguf"
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_array("tokenizer.ggml.tokens", ["<s>", "é", "a b"] * 5)
+    writer.add_array("tokenizer.ggml.scores", [0.5, -1.0, 2.0])
+    writer.add_uint32("llama.block_count", 3)
+    writer.add_bool("tokenizer.ggml.add_bos_token", True)
+    writer.add_float64("some.float", 1.5)
+    writer.add_name("Tiny Llama")
+    writer.add_tensor("token_embd.weight", np.zeros((4, 4), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    keys = ("general.architecture", "general.name")
+    reader = gguf.GGUFReader(str(path))
+    expected = {k: bytes(reader.fields[k].parts[reader.fields[k].data[0]]).decode() for k in keys}
+    assert (
+        common.gguf_metadata(path, keys)
+        == expected
+        == {
+            "general.architecture": "llama",
+            "general.name": "Tiny Llama",
+        }
+    )
+    assert common.gguf_metadata(path, ("general.name", "absent.key")) == {
+        "general.name": "Tiny Llama"
+    }
+    cut = tmp_path / "cut.gguf"
+    cut.write_bytes(path.read_bytes()[:40])  # inside the token array
+    with pytest.raises(ValueError, match="ends early"):
+        common.gguf_metadata(cut, ("general.name",))
