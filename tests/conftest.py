@@ -177,6 +177,25 @@ def init_gloo(rank: int, world: int, init_file: str) -> None:
     )
 
 
+# Tests that share a real model's session fixture run on one pytest-xdist worker (the README's
+# ``-n 2 --dist loadgroup``), so that each model is prepared once per run, not once per worker.
+SHARED_MODEL_FIXTURES = {
+    "gemma3_prepared": "gemma3",
+    "gemma3_dir": "gemma3",
+    "smollm2_dir": "smollm2",
+}
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        shared = [
+            g for f, g in SHARED_MODEL_FIXTURES.items() if f in getattr(item, "fixturenames", ())
+        ]
+        if shared:
+            item.add_marker(pytest.mark.xdist_group(shared[0]))
+
+
 def tune_run(
     args: list[str], cwd: Path, threads: int = 1, timeout: int = 600
 ) -> subprocess.CompletedProcess:

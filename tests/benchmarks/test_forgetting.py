@@ -35,28 +35,30 @@ def test_the_plan_sweeps_first_then_the_decisive_seeds_then_the_lines_near_adept
     args = forgetting.parse_args(["--model", "gemma3", "--domain", "medical"])
     first = forgetting.plan(preset, "medical", {}, args)
     assert [r.name for r in first] == [
-        "full_lr1e-05", "full_lr3e-05", "full_lr0.0001", "adept_lr0.0001", "adept_lr0.0003",
-        "adept_lr0.001", "lora_lr0.0003", "lora_lr0.001",
+        "full_lr3e-06", "full_lr1e-05", "full_lr3e-05", "full_lr0.0001", "adept_lr0.0001",
+        "adept_lr0.0003", "adept_lr0.001", "lora_lr0.0003", "lora_lr0.001",
     ]  # fmt: skip
-    gains = {"full": (0.2, 0.4, 0.6), "adept": (0.3, 0.45, 0.5), "lora": (0.2, 0.3)}
-    forgets = {"full": (0.01, 0.05, 0.2), "adept": (0.0, 0.01, 0.2), "lora": (0.0, 0.05)}
+    # full at 1e-4 gains less than at 3e-5 and forgets more: off full's frontier, so the
+    # gain-matched rate is 1e-5 (0.4), not 1e-4 (0.46, the closest gain overall).
+    gains = {"full": (0.2, 0.4, 0.6, 0.46), "adept": (0.3, 0.45, 0.5), "lora": (0.2, 0.3)}
+    forgets = {"full": (0.0, 0.01, 0.05, 0.2), "adept": (0.0, 0.01, 0.2), "lora": (0.0, 0.05)}
     runs = {}
     for run in first:
         i = preset.sweeps["medical"][run.line].index(run.lr)
         runs[run.name] = fake(run, gains[run.line][i], forgets[run.line][i])
     later = [r for r in forgetting.plan(preset, "medical", runs, args) if r.name not in runs]
-    # ADEPT's best rate (gain - general: 0.44 at 3e-4); full's closest gain (0.4 at 3e-5).
+    # ADEPT's best rate (gain - general: 0.44 at 3e-4); full's frontier gain closest: 1e-5.
     # LLaMA-Pro, then the decisive points' seeds (the verdict rests on them), then stage 1 by
     # interference per seed, then the lines that widen the picture, in the preset's order.
     assert [r.name for r in later] == [
         "llama_pro_lr0.0003",
-        "adept_lr0.0003_s1", "full_lr3e-05_s1", "llama_pro_lr0.0003_s1", "lora_lr0.001_s1",
-        "adept_lr0.0003_s2", "full_lr3e-05_s2", "llama_pro_lr0.0003_s2", "lora_lr0.001_s2",
+        "adept_lr0.0003_s1", "full_lr1e-05_s1", "llama_pro_lr0.0003_s1", "lora_lr0.001_s1",
+        "adept_lr0.0003_s2", "full_lr1e-05_s2", "llama_pro_lr0.0003_s2", "lora_lr0.001_s2",
         "adept+interference_lr0.0003", "adept+interference_lr0.0003_s1",
         "adept+interference_lr0.0003_s2",
         "random_lr0.0003", "random_lr0.0003_s1", "random_lr0.0003_s2",
         "adept+rank_lr0.0003", "spectrum_lr3e-05", "spectrum_lr0.0001",
-        "adept+replay_lr0.0003", "full+replay_lr3e-05",
+        "adept+replay_lr0.0003", "full+replay_lr1e-05",
     ]  # fmt: skip
     replay = next(r for r in later if r.line == "adept+replay")
     assert "+dataset.sources=" in replay.overrides[-1] and "weight: 0.1" in replay.overrides[-1]
@@ -64,6 +66,28 @@ def test_the_plan_sweeps_first_then_the_decisive_seeds_then_the_lines_near_adept
     interference = [r for r in later if r.line == "adept+interference"]
     assert all(not r.profile and r.overrides == forgetting.INTERFERENCE for r in interference)
     assert [r.seed for r in interference] == [0, 1, 2]
+
+
+def test_equal_gain_reads_full_cpts_frontier_not_its_dominated_rates() -> None:
+    """Gemma 3's full line on seed 0: lr 1e-4 gains less than 1e-5 and forgets more."""
+    full = [forgetting.spec("full", "full", lr) for lr in (1e-5, 3e-5, 1e-4)]
+    runs = {
+        r.name: fake(r, gain, general)
+        for r, gain, general in zip(
+            full, (0.9316, 1.0227, 0.8780), (-0.0384, 0.0119, 0.2187), strict=True
+        )
+    }
+    assert [r["lr"] for r in forgetting.pareto(list(runs.values()))] == [1e-5, 3e-5]
+    adept = forgetting.spec("adept", "adept", 1e-3)
+    runs[adept.name] = fake(adept, 0.95, 0.0)
+    lines = forgetting.verdict_lines(runs)
+    # On the frontier, gain 0.95 lies between 1e-5 and 3e-5: -0.0384 + 0.202 x 0.0503 (t = 0.0184 / 0.0911).
+    assert any("general +0.0000 vs full -0.0282 (+0.0282)" in line for line in lines), lines
+    runs[adept.name] = fake(adept, 0.90, 0.0)  # below the frontier's gains (1e-4 is off it)
+    assert any(
+        "(gain +0.9000): general outside full's range" in line
+        for line in forgetting.verdict_lines(runs)
+    )
 
 
 def test_chosen_points_replace_the_sweep() -> None:
