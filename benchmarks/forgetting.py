@@ -881,6 +881,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--near", help="comma-separated lines at ADEPT's best rate (default: the preset's)"
     )
+    parser.add_argument(
+        "--seeds", help="comma-separated training seeds of the decisive points (default: 0,1,2)"
+    )
     args = parser.parse_args(argv)
     args.argv = argv
     preset = PRESETS[args.model]
@@ -912,6 +915,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                 f"--near {args.near}: unknown lines {unknown}; choose from {NEAR_BEST_ALL}"
             )
         preset = dataclasses.replace(preset, near_best=near)
+    if args.seeds is not None:
+        try:
+            seeds = tuple(int(x) for x in args.seeds.split(","))
+        except ValueError:
+            parser.error(f"--seeds {args.seeds}: comma-separated integers, e.g. 0,1,2")
+        if seeds[0] != 0 or len(set(seeds)) != len(seeds):
+            parser.error(f"--seeds {args.seeds}: distinct seeds starting with 0 (the sweeps' seed)")
+        preset = dataclasses.replace(preset, seeds=seeds)
     args.preset = preset
     args.domain_spec = preset.domains[args.domain]
     args.data_dir = args.data_dir.expanduser()

@@ -104,6 +104,20 @@ def test_chosen_points_replace_the_sweep() -> None:
     assert [r.name for r in forgetting.plan(args.preset, "medical", {}, args)][-1] == (
         "adept_lr0.003"
     )
+    # A second domain with one seed: the sweeps and LLaMA-Pro only.
+    args = forgetting.parse_args(
+        ["--model", "gemma3", "--domain", "maths", "--near", "llama_pro", "--seeds", "0"]
+    )
+    runs = {}
+    for run in forgetting.plan(args.preset, "maths", {}, args):
+        runs[run.name] = fake(run, 0.5 if run.line == "adept" else 0.4, 0.01)
+    later = [
+        r.name for r in forgetting.plan(args.preset, "maths", runs, args) if r.name not in runs
+    ]
+    assert later == ["llama_pro_lr0.0001"]
+    for bad in ("1,2", "0,0", "0,x"):
+        with pytest.raises(SystemExit):
+            forgetting.parse_args(["--model", "gemma3", "--seeds", bad])
     with pytest.raises(SystemExit):
         forgetting.parse_args(["--model", "smollm2", "--near", "magic"])
     with pytest.raises(SystemExit):
