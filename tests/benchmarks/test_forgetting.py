@@ -81,12 +81,22 @@ def test_equal_gain_reads_full_cpts_frontier_not_its_dominated_rates() -> None:
     adept = forgetting.spec("adept", "adept", 1e-3)
     runs[adept.name] = fake(adept, 0.95, 0.0)
     lines = forgetting.verdict_lines(runs)
-    # On the frontier, gain 0.95 lies between 1e-5 and 3e-5: -0.0384 + 0.202 x 0.0503 (t = 0.0184 / 0.0911).
-    assert any("general +0.0000 vs full -0.0282 (+0.0282)" in line for line in lines), lines
-    runs[adept.name] = fake(adept, 0.90, 0.0)  # below the frontier's gains (1e-4 is off it)
-    assert any(
-        "(gain +0.9000): general outside full's range" in line
-        for line in forgetting.verdict_lines(runs)
+    # On the frontier, gain 0.95 lies between 1e-5 and 3e-5: -0.0384 + 0.202 x 0.0503
+    # (t = 0.0184 / 0.0911); 3e-5, the only run gaining as much, forgets more.
+    assert (
+        "- adept_lr0.001 (gain +0.9500, general +0.0000): frontier -0.0282 (+0.0282); not "
+        "dominated: full lr 3e-05 (gain +1.0227, general +0.0119)" in lines
+    ), lines
+    runs[adept.name] = fake(adept, 0.82, 0.0103)  # below the frontier's gains (1e-4 is off it)
+    assert (
+        "- adept_lr0.001 (gain +0.8200, general +0.0103): outside the frontier's gains; "
+        "dominated by full lr 1e-05 (gain +0.9316, general -0.0384)"
+        in forgetting.verdict_lines(runs)
+    )
+    runs[adept.name] = fake(adept, 1.1, 0.0)
+    assert (
+        "- adept_lr0.001 (gain +1.1000, general +0.0000): outside the frontier's gains; "
+        "gains more than every full-CPT run" in forgetting.verdict_lines(runs)
     )
 
 
