@@ -145,7 +145,7 @@ PRESETS: dict[str, Preset] = {
         sweeps={
             "medical": {
                 "full": (3e-6, 1e-5, 3e-5, 1e-4),  # 3e-6: full's frontier at ADEPT's gains
-                "adept": (1e-4, 3e-4, 1e-3, 3e-3),  # 3e-3: the best was the sweep's edge
+                "adept": (1e-4, 3e-4, 1e-3, 3e-3, 1e-2),  # to past its best (gain - general)
                 "lora": (1e-4, 3e-4, 1e-3),  # 1e-4: 3e-4 already forgot +0.15
             },
             "maths": {"full": (1e-5, 3e-5, 1e-4), "adept": (1e-4, 3e-4, 1e-3), "lora": (1e-3,)},
