@@ -242,9 +242,9 @@ def real_model_run(config: str, model_dir: Path, data_dir: Path, out: Path, *ove
         f"checkpointer.checkpoint_dir={model_dir}",
         f"data_dir={data_dir}",
         f"output_dir={out}",
-        "probe.max_seq_len=64",
-        "probe.parts.0.num_samples=4",
-        "probe.parts.1.num_samples=4",
+        "probe.max_seq_len=32",  # 2 x 32 tokens per probe part: the mask-out passes
+        "probe.parts.0.num_samples=2",  # (one per layer) and the unit scoring take seconds
+        "probe.parts.1.num_samples=2",
         "dataset.max_seq_len=64",
         "batch_size=2",
         *overrides,
