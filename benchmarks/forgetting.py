@@ -263,14 +263,11 @@ def pareto(group: list[dict[str, Any]]) -> list[dict[str, Any]]:
     and forget more (full CPT's lr 1e-4 on Gemma 3); such a run is off the frontier."""
 
     def beats(o: dict[str, Any], r: dict[str, Any]) -> bool:
-        more, less = (
-            o["domain_gain"] >= r["domain_gain"],
-            o["general_increase"] <= r["general_increase"],
+        a, b = (
+            (o["domain_gain"], -o["general_increase"]),
+            (r["domain_gain"], -r["general_increase"]),
         )
-        strict = (
-            o["domain_gain"] > r["domain_gain"] or o["general_increase"] < r["general_increase"]
-        )
-        return more and less and strict
+        return a != b and a[0] >= b[0] and a[1] >= b[1]
 
     return [r for r in group if not any(beats(o, r) for o in group)]
 
@@ -322,10 +319,9 @@ def plan(preset: Preset, domain: str, runs: dict[str, dict[str, Any]],
             specs.append(spec("llama_pro", "llama_pro", adept, seed))
         if lora is not None:
             specs.append(spec("lora", "lora", lora, seed, profile=False))
-    order = ["interference", *(line for line in preset.near_best if line != "interference")]
-    for line in order:
-        if line in preset.near_best and line != "llama_pro":
-            specs += near[line]
+    rest = [line for line in preset.near_best if line not in ("llama_pro", "interference")]
+    for line in ["interference"] * ("interference" in preset.near_best) + rest:
+        specs += near[line]
     return specs
 
 

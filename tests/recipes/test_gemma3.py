@@ -8,9 +8,9 @@ logits, and only the copies change while their gains train at the multiplied rat
 
 ``benchmarks/prepare_gemma3.py`` writes the HF directory from the part wheels' GGUF (once per
 session, ``conftest.gemma3_prepared``); the shipped ``gemma3_270m_medical`` config then runs as
-a user types it, with explicit copies of a full-attention and a sliding layer each: the expansion
-(copies keep their source's attention kind; post-branch norm gains zero), unit scoring, training steps and the retention report. transformers
-must load the output with the right ``layer_types``, the expanded model before training must
+a user types it, with explicit copies of full-attention and sliding layers: the expansion
+(copies keep their source's attention kind; post-branch norm gains zero), unit scoring,
+training steps and the retention report. transformers must load the output with the right ``layer_types``, the expanded model before training must
 give exactly the base model's logits past the sliding window, and the first training steps
 must not make the general loss jump (the trap of zeroed projections behind Gemma's post-norms)
 while the domain loss falls.
@@ -156,9 +156,9 @@ def test_gemma3_end_to_end(gemma3_dir: Path, data_dir: Path, tmp_path: Path) -> 
     domain = [c["domain_loss"] - c["domain_base"] for c in canary]
     # Measured (fp32, CPU, 2 x 64 tokens a step at lr 3e-4, gains at x100; 4 + 4 canary
     # samples of 64 tokens): general -0.0002, -0.0013, -0.0022 and domain -0.0040, -0.0111,
-    # -0.0141 after steps 1-3. The spec's init
-    # (zeroed projections) puts the general loss nats above the base within a few steps
-    # (BENCHMARKS.md, "Gemma 3 270M: expansion under sandwich norms").
+    # -0.0141 after steps 1-3. The spec's init (zeroed projections) puts the general loss
+    # nats above the base within a few steps (BENCHMARKS.md, "Gemma 3 270M: expansion under
+    # sandwich norms").
     assert max(general) < 0.01, general
     assert domain[-1] < domain[0] < 0, domain
     trained = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "train" / "final")
