@@ -133,7 +133,7 @@ def test_chosen_points_replace_the_sweep() -> None:
     later = [
         r.name for r in forgetting.plan(args.preset, "maths", runs, args) if r.name not in runs
     ]
-    assert later == ["llama_pro_lr0.0001"]
+    assert later == ["llama_pro_lr0.001"]
     for bad in ("1,2", "0,0", "0,x"):
         with pytest.raises(SystemExit):
             forgetting.parse_args(["--model", "gemma3", "--seeds", bad])
