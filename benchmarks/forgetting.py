@@ -551,19 +551,42 @@ def paired_bootstrap(a: list[list[list[float]]], b: list[list[list[float]]], sam
     Returns:
         tuple: (difference, low, high) in nats per token.
     """
-    n = len(a[0])
-    tokens = [a[0][i][1] for i in range(n)]
-    diff = [
-        statistics.fmean(r[i][0] for r in a) - statistics.fmean(r[i][0] for r in b)
-        for i in range(n)
-    ]
+    return paired_bootstrap_sets([(a, b)], samples, seed)
+
+
+def paired_bootstrap_sets(pairs: list[tuple[list, list]], samples: int = 2000,
+                          seed: int = 0) -> tuple[float, float, float]:  # fmt: skip
+    """The mean over held-out sets of each set's loss difference a - b, with its interval.
+
+    Each set's documents are resampled on their own (the sets are separate samples), so the
+    interval is that of the "general Δ (mean)" column: the plain mean of the per-set losses.
+
+    Args:
+        pairs: per held-out set, ``(a, b)`` as in :func:`paired_bootstrap`.
+
+    Returns:
+        tuple: (difference, low, high) in nats per token.
+    """
+    per_set = []
+    for a, b in pairs:
+        n = len(a[0])
+        tokens = [a[0][i][1] for i in range(n)]
+        diff = [
+            statistics.fmean(r[i][0] for r in a) - statistics.fmean(r[i][0] for r in b)
+            for i in range(n)
+        ]
+        per_set.append((diff, tokens))
     rng = random.Random(seed)
     stats = []
     for _ in range(samples):
-        pick = [rng.randrange(n) for _ in range(n)]
-        stats.append(sum(diff[i] for i in pick) / sum(tokens[i] for i in pick))
+        value = 0.0
+        for diff, tokens in per_set:
+            pick = [rng.randrange(len(diff)) for _ in range(len(diff))]
+            value += sum(diff[i] for i in pick) / sum(tokens[i] for i in pick)
+        stats.append(value / len(per_set))
     stats.sort()
-    return sum(diff) / sum(tokens), stats[int(0.025 * samples)], stats[int(0.975 * samples) - 1]
+    point = statistics.fmean(sum(d) / sum(t) for d, t in per_set)
+    return point, stats[int(0.025 * samples)], stats[int(0.975 * samples) - 1]
 
 
 def points(runs: dict[str, dict[str, Any]]) -> dict[tuple[str, float], list[dict[str, Any]]]:
@@ -580,29 +603,41 @@ def spread(group: list[dict[str, Any]], key: str) -> tuple[float, float, float]:
     return statistics.fmean(values), min(values), max(values)
 
 
-def intervals(runs: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
-    """Each point with seeds against full CPT at the gain-matched rate, per held-out set."""
+def intervals(runs: dict[str, dict[str, Any]], against: str = "full") -> list[dict[str, Any]]:
+    """Each point with seeds against the reference point, per held-out set and general mean.
+
+    Args:
+        runs: the record's runs.
+        against: the reference line: ``full`` (its point with seeds, the gain-matched rate) or
+            ``adept`` (its point with seeds, the best rate).
+
+    Returns:
+        list: one row per (line, lr, set), ``set`` ``general`` being the mean of the general
+        sets; the seeds paired are those both points have.
+    """
     grouped = points(runs)
-    full = [g for (line, _), g in grouped.items() if line == "full" and len(g) > 1]
-    if not full:
+    candidates = [g for (line, _), g in grouped.items() if line == against and len(g) > 1]
+    if not candidates:
         return []
-    reference = full[0]
+    reference = max(candidates, key=len)
     seeds = {r["seed"] for r in reference}
     out = []
     for (line, lr), group in sorted(grouped.items()):
-        if line == "full" and group is reference:
+        if group is reference:
             continue
         paired = [r for r in group if r["seed"] in seeds and r.get("doc_losses")]
         ref = [r for r in reference if r["seed"] in {p["seed"] for p in paired}]
         if len(paired) < 2 or len(ref) != len(paired):
             continue
-        for name in paired[0]["doc_losses"]:
-            diff, low, high = paired_bootstrap(
-                [r["doc_losses"][name] for r in paired], [r["doc_losses"][name] for r in ref]
-            )
+        sets = {name: [(
+            [r["doc_losses"][name] for r in paired], [r["doc_losses"][name] for r in ref]
+        )] for name in paired[0]["doc_losses"]}  # fmt: skip
+        sets["general"] = [pair for name, (pair,) in sets.items() if name != "domain"]
+        for name, pairs in sets.items():
+            diff, low, high = paired_bootstrap_sets(pairs)
             out.append({"line": line, "lr": lr, "set": name, "diff": diff, "low": low,
                         "high": high, "seeds": sorted(p["seed"] for p in paired),
-                        "reference": f"full lr {reference[0]['lr']:g}"})  # fmt: skip
+                        "reference": f"{against} lr {reference[0]['lr']:g}"})  # fmt: skip
     return out
 
 
@@ -646,18 +681,21 @@ def write_report(record: dict[str, Any], stem: str, out_dir: Path) -> None:
             f"{_mean_range([r['domain_gain'] for r in group])} | "
             f"{statistics.fmean(r['step_s_median'] for r in group):.2f} |"
         )
-    found = intervals(runs)
-    if found:
-        lines += ["", "Paired bootstrap 95% intervals of the loss difference from full CPT "
-                  "(same seeds, same held-out documents; negative: lower loss than full):", "",
-                  "| line | lr | set | difference | 95% interval | verdict |",
-                  "|---|---|---|---|---|---|"]  # fmt: skip
+    for against in ("full", "adept"):
+        found = intervals(runs, against)
+        if not found:
+            continue
+        lines += ["", f"Paired bootstrap 95% intervals of the loss difference from {against} "
+                  f"({found[0]['reference']}; same seeds, same held-out documents; `general`: "
+                  f"the mean of the general sets; negative: lower loss than {against}):", "",
+                  "| line | lr | seeds | set | difference | 95% interval | verdict |",
+                  "|---|---|---|---|---|---|---|"]  # fmt: skip
         for i in found:
             verdict = "no difference" if i["low"] <= 0 <= i["high"] else (
-                "lower than full" if i["high"] < 0 else "higher than full")  # fmt: skip
+                f"lower than {against}" if i["high"] < 0 else f"higher than {against}")  # fmt: skip
             lines.append(
-                f"| {i['line']} | {i['lr']:g} | {i['set']} | {i['diff']:+.4f} | "
-                f"[{i['low']:+.4f}, {i['high']:+.4f}] | {verdict} |"
+                f"| {i['line']} | {i['lr']:g} | {','.join(map(str, i['seeds']))} | {i['set']} | "
+                f"{i['diff']:+.4f} | [{i['low']:+.4f}, {i['high']:+.4f}] | {verdict} |"
             )
     lines += ["", *verdict_lines(runs), ""]
     hours = record.get("seconds", 0.0) / 3600

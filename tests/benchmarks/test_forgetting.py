@@ -30,6 +30,34 @@ def test_paired_bootstrap_measures_a_shift_on_the_same_documents() -> None:
     assert diff == pytest.approx(0.0) and low < 0 < high  # zero mean: no claimed difference
 
 
+def test_the_general_interval_is_the_mean_of_the_sets_differences() -> None:
+    wiki = [[float(i % 5 + 1) * 10, 10] for i in range(30)]
+    speech = [[float(i % 3 + 2) * 20, 20] for i in range(50)]
+    up = lambda docs, shift: [[loss + shift * tokens, tokens] for loss, tokens in docs]  # noqa: E731
+    diff, low, high = forgetting.paired_bootstrap_sets(
+        [([up(wiki, 0.5)], [wiki]), ([up(speech, 0.1)], [speech])]
+    )
+    assert (diff, low, high) == pytest.approx((0.3, 0.3, 0.3))
+
+    # Against ADEPT's point with seeds: every other point with the same seeds, per set and
+    # for the general mean; ADEPT's other rates (one seed) have no interval.
+    def run(line: str, lr: float, seed: int, shift: float) -> dict:
+        docs = {"wiki": up(wiki, shift), "speech": up(speech, 2 * shift), "domain": wiki}
+        return {"line": line, "lr": lr, "seed": seed, "doc_losses": docs}
+
+    runs = {f"{line}{lr}{s}": run(line, lr, s, shift)
+            for line, lr, shift in (("adept", 3e-3, 0.0), ("full", 1e-5, -0.1))
+            for s in (0, 1)}  # fmt: skip
+    runs["adept_lone"] = run("adept", 1e-3, 0, 0.0)
+    rows = {(r["line"], r["set"]): r for r in forgetting.intervals(runs, "adept")}
+    assert set(rows) == {("full", "wiki"), ("full", "speech"), ("full", "domain"),
+                         ("full", "general")}  # fmt: skip
+    assert rows["full", "general"]["diff"] == pytest.approx(-0.15)
+    assert rows["full", "domain"]["diff"] == 0.0
+    assert rows["full", "wiki"]["reference"] == "adept lr 0.003"
+    assert rows["full", "wiki"]["seeds"] == [0, 1]
+
+
 def test_the_plan_sweeps_first_then_the_decisive_seeds_then_the_lines_near_adept() -> None:
     preset = forgetting.PRESETS["gemma3"]
     args = forgetting.parse_args(["--model", "gemma3", "--domain", "medical"])
