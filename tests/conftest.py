@@ -14,6 +14,13 @@ import pytest
 import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# pytest-xdist runs several workers on the machine's cores: each worker, and every process it
+# starts (``tune run``, gloo ranks), gets its share of the threads. Oversubscribed OpenMP
+# threads spin on each other and slow every worker several-fold.
+WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+THREADS = max(1, (os.cpu_count() or 1) // WORKERS)
+os.environ["OMP_NUM_THREADS"] = str(THREADS)
+torch.set_num_threads(THREADS)
 # tools/ (the demo-model builder) is not installed with the package; its tokenizer trainer
 # writes the tokenizers these tests use.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
@@ -197,7 +204,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 def tune_run(
-    args: list[str], cwd: Path, threads: int = 1, timeout: int = 600
+    args: list[str], cwd: Path, threads: int = THREADS, timeout: int = 600
 ) -> subprocess.CompletedProcess:
     """``tune run ARGS`` in a subprocess, offline, as a user types it (output captured)."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": str(threads)}
@@ -249,7 +256,7 @@ def real_model_run(config: str, model_dir: Path, data_dir: Path, out: Path, *ove
         "batch_size=2",
         *overrides,
     ]
-    done = tune_run(args, cwd=out.parent, threads=2)
+    done = tune_run(args, cwd=out.parent)
     assert done.returncode == 0, done.stderr[-4000:]
     return done.stdout + done.stderr
 

@@ -76,9 +76,7 @@ def test_tiny_demo_end_to_end(tmp_path: Path) -> None:
     """The README's first command: selected layers and share printed, domain loss falls,
     transformers loads the output, every non-copy weight is bitwise the base model's."""
     out = tmp_path / "demo"
-    result = tune_run(
-        ["adept_cpt", "--config", "tiny_demo", f"output_dir={out}"], tmp_path, threads=2
-    )
+    result = tune_run(["adept_cpt", "--config", "tiny_demo", f"output_dir={out}"], tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     printed = result.stdout + result.stderr
     assert re.search(r"Selected layers \[\d+, \d+\] \(k=2\)", printed)
