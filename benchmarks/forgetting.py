@@ -629,11 +629,12 @@ def intervals(runs: dict[str, dict[str, Any]], against: str = "full") -> list[di
         ref = [r for r in reference if r["seed"] in {p["seed"] for p in paired}]
         if len(paired) < 2 or len(ref) != len(paired):
             continue
-        sets = {name: [(
-            [r["doc_losses"][name] for r in paired], [r["doc_losses"][name] for r in ref]
-        )] for name in paired[0]["doc_losses"]}  # fmt: skip
-        sets["general"] = [pair for name, (pair,) in sets.items() if name != "domain"]
-        for name, pairs in sets.items():
+        per_set = {name: ([r["doc_losses"][name] for r in paired],
+                          [r["doc_losses"][name] for r in ref])
+                   for name in paired[0]["doc_losses"]}  # fmt: skip
+        rows = {name: [pair] for name, pair in per_set.items()}
+        rows["general"] = [pair for name, pair in per_set.items() if name != "domain"]
+        for name, pairs in rows.items():
             diff, low, high = paired_bootstrap_sets(pairs)
             out.append({"line": line, "lr": lr, "set": name, "diff": diff, "low": low,
                         "high": high, "seeds": sorted(p["seed"] for p in paired),
