@@ -198,15 +198,17 @@ def _lowest(scores: list[float], k: int) -> list[int]:
 
 
 def write_report(record: dict[str, Any], path: Path) -> None:
+    """The markdown report; a record with the stage-1 scores only (runs to come) is reported too."""
     stage1 = record["stage1"]
+    samples = record.get("samples", {})
     lines = [
         f"# Copy-skip validation of stage-1 scores: {record['model']}, {record['domain']}",
         "",
         f"ADEPT at lr {record['lr']:g}, {record['setting']['steps']} steps of "
         f"{record['setting']['batch_size']} x {record['setting']['seq_len']} tokens, seed 0; "
         f"copies of the even layers in one run, of the odd ones in another. Held-out: "
-        f"{record['samples']['general']} documents per general set, "
-        f"{record['samples']['domain']} of the domain.",
+        f"{samples.get('general', '—')} documents per general set, "
+        f"{samples.get('domain', '—')} of the domain.",
         "",
         "## Probe cost (same probe set)",
         "",
@@ -275,12 +277,12 @@ def main(argv: list[str] | None = None) -> int:
         if record.get("stage1"):
             write_report(record, out_dir / f"{args.stem}.md")
 
+    samples = args.preset.samples if args.quick else SAMPLES
+    record["samples"] = samples
     if "stage1" not in record:
         record["stage1"] = stage1_scores(args)
         save()
     num_layers = len(record["stage1"]["layer_scores"]["mask-out"])
-    samples = args.preset.samples if args.quick else SAMPLES
-    record["samples"] = samples
     evaluator = forgetting.Evaluator(args, dataclasses.replace(args.preset, samples=samples))
     for name, parity in (("even", 0), ("odd", 1)):
         if name in record["runs"]:

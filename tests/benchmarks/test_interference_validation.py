@@ -33,3 +33,42 @@ def test_a_copys_effects_are_paired_differences() -> None:
     assert effect["interference"] == pytest.approx(0.5)
     hurts = {**skipped, "domain": docs(1.4)}  # the copy made the domain worse: no ratio
     assert validation._effect(full, hurts)["interference"] is None
+
+
+def test_the_report_of_a_record_with_the_stage1_scores_only(tmp_path: Path) -> None:
+    # The first part saves before any copy is trained: its report must not need the runs.
+    scores = {p: [0.3, 0.1, 0.2, 0.4] for p in validation.PREDICTORS}
+    record = {
+        "model": "tiny",
+        "domain": "maths",
+        "lr": 1e-3,
+        "setting": {"steps": 50, "batch_size": 4, "seq_len": 256},
+        "provenance": [
+            {
+                "command": ["x"],
+                "commit": "abc",
+                "dirty": False,
+                "torch": "2",
+                "python": "3",
+                "cpu": "c",
+                "cpu_count": 2,
+                "torch_threads": 2,
+                "gpu": None,
+                "date": "d",
+            }
+        ],
+        "runs": {},
+        "stage1": {
+            "layer_scores": scores,
+            "selected": {p: [1, 2] for p in scores},
+            "seconds": {"mask-out": 12.5, "interference": 7.25},
+        },
+    }
+    path = tmp_path / "report.md"
+    validation.write_report(record, path)
+    text = path.read_text()
+    assert "| mask-out | 12.5 |" in text and "| interference | 7.2 |" in text
+    assert "## Per copy (source layer)" in text
+    record["samples"] = {"general": 32, "domain": 64}
+    validation.write_report(record, path)
+    assert "32 documents per general set, 64 of the domain" in path.read_text()
