@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+import common  # noqa: E402
 import interference_validation as validation  # noqa: E402
 
 
@@ -43,20 +44,7 @@ def test_the_report_of_a_record_with_the_stage1_scores_only(tmp_path: Path) -> N
         "domain": "maths",
         "lr": 1e-3,
         "setting": {"steps": 50, "batch_size": 4, "seq_len": 256},
-        "provenance": [
-            {
-                "command": ["x"],
-                "commit": "abc",
-                "dirty": False,
-                "torch": "2",
-                "python": "3",
-                "cpu": "c",
-                "cpu_count": 2,
-                "torch_threads": 2,
-                "gpu": None,
-                "date": "d",
-            }
-        ],
+        "provenance": [common.provenance(["interference_validation.py"])],
         "runs": {},
         "stage1": {
             "layer_scores": scores,
