@@ -197,6 +197,14 @@ def _lowest(scores: list[float], k: int) -> list[int]:
 # ------------------------------------------------------------------------------ report
 
 
+def _mean_of(effects: dict[int, dict[str, Any]], sources: list[int], key: str) -> str:
+    """The mean of a measured quantity over some copies; a dash when one is missing."""
+    values = [effects[s][key] if s in effects else None for s in sources]
+    if not values or any(v is None for v in values):
+        return "—"
+    return f"{sum(values) / len(values):+.4f}"
+
+
 def write_report(record: dict[str, Any], path: Path) -> None:
     """The markdown report; a record with the stage-1 scores only (runs to come) is reported too."""
     stage1 = record["stage1"]
@@ -218,22 +226,45 @@ def write_report(record: dict[str, Any], path: Path) -> None:
         "",
         "## Spearman correlation across positions (95% bootstrap interval)",
         "",
-        "| stage-1 score | with the general effect | with the interference (ratio) | k lowest |",
-        "|---|---|---|---|",
+        "A predictor that copies the layers whose trained copies forget least correlates",
+        "positively (a higher score: more forgetting; the k lowest are copied). The last columns",
+        "are what its k copies measured: their mean general effect and mean ratio, beside the",
+        "best k by measurement and the mean over every position (a random pick's expectation).",
+        "",
+        "| stage-1 score | with the general effect | with the measured ratio | k lowest "
+        "| their general effect | their ratio |",
+        "|---|---|---|---|---|---|",
     ]
+    effects = {int(s): e for run in record["runs"].values() for s, e in run["effects"].items()}
     for predictor, measured in record.get("correlations", {}).items():
         cells = [
             "{:+.2f} [{:+.2f}, {:+.2f}]".format(*measured[m]) if m in measured else "—"
             for m in ("general_effect", "interference")
         ]
-        lines.append(f"| {predictor} | {cells[0]} | {cells[1]} | {stage1['selected'][predictor]} |")
-    effects = {int(s): e for run in record["runs"].values() for s, e in run["effects"].items()}
+        picked = stage1["selected"][predictor]
+        lines.append(
+            f"| {predictor} | {cells[0]} | {cells[1]} | {picked} | "
+            f"{_mean_of(effects, picked, 'general_effect')} | "
+            f"{_mean_of(effects, picked, 'interference')} |"
+        )
+    if record.get("correlations"):
+        k = len(next(iter(stage1["selected"].values())))
+        best = sorted(sorted(effects, key=lambda s: (effects[s]["general_effect"], s))[:k])
+        lines += [
+            f"| measured (best k) | | | {best} | {_mean_of(effects, best, 'general_effect')} | "
+            f"{_mean_of(effects, best, 'interference')} |",
+            f"| every position | | | | {_mean_of(effects, sorted(effects), 'general_effect')} | "
+            f"{_mean_of(effects, sorted(effects), 'interference')} |",
+        ]
     lines += [
         "",
         "## Per copy (source layer)",
         "",
-        "| layer | general effect | domain effect | interference | "
-        + " | ".join(PREDICTORS)
+        "Measured: the general effect, the domain effect and their ratio; then each stage-1 score",
+        "of the source layer.",
+        "",
+        "| layer | general effect | domain effect | measured ratio | "
+        + " | ".join(f"{p} score" for p in PREDICTORS)
         + " |",
         "|---|---|---|---|" + "---|" * len(PREDICTORS),
     ]

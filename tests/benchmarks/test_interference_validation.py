@@ -60,3 +60,46 @@ def test_the_report_of_a_record_with_the_stage1_scores_only(tmp_path: Path) -> N
     record["samples"] = {"general": 32, "domain": 64}
     validation.write_report(record, path)
     assert "32 documents per general set, 64 of the domain" in path.read_text()
+
+
+def test_the_report_gives_each_predictors_k_copies_their_measured_effects(tmp_path: Path) -> None:
+    general = [0.05, 0.01, 0.03, 0.02, 0.04, 0.00]
+    domain = [0.10, 0.05, 0.10, -0.01, 0.08, 0.02]
+
+    def effect(s: int) -> dict:
+        ratio = general[s] / domain[s] if domain[s] > 0 else None
+        return {"general_effect": general[s], "domain_effect": domain[s], "interference": ratio}
+
+    scores = {p: [6.0, 2.0, 4.0, 3.0, 5.0, 1.0] for p in validation.PREDICTORS}
+    scores["rank"] = [1.0, 5.0, 3.0, 4.0, 2.0, 6.0]  # the reverse order of the general effect
+    record = {
+        "model": "tiny",
+        "domain": "maths",
+        "lr": 1e-3,
+        "setting": {"steps": 50, "batch_size": 4, "seq_len": 256},
+        "samples": {"general": 32, "domain": 64},
+        "provenance": [common.provenance(["interference_validation.py"])],
+        "runs": {
+            "even": {"effects": {str(s): effect(s) for s in (0, 2, 4)}},
+            "odd": {"effects": {str(s): effect(s) for s in (1, 3, 5)}},
+        },
+        "stage1": {
+            "layer_scores": scores,
+            "selected": {p: validation._lowest(v, 2) for p, v in scores.items()},
+            "seconds": {"mask-out": 1.0},
+        },
+    }
+    record["correlations"] = validation.correlations(record)
+    assert record["correlations"]["mask-out"]["general_effect"][0] == pytest.approx(1.0)
+    assert record["correlations"]["rank"]["general_effect"][0] == pytest.approx(-1.0)
+    path = tmp_path / "report.md"
+    validation.write_report(record, path)
+    text = path.read_text()
+    # mask-out's two lowest are layers 5 and 1: general (0.00 + 0.01) / 2, ratio (0 + 0.2) / 2.
+    assert "| [1, 5] | +0.0050 | +0.1000 |" in text
+    # rank's are 0 and 4: general (0.05 + 0.04) / 2, ratios 0.05 / 0.10 and 0.04 / 0.08.
+    assert "| rank | -1.00 [-1.00, -1.00] |" in text and "| [0, 4] | +0.0450 | +0.5000 |" in text
+    assert "| measured (best k) | | | [1, 5] | +0.0050 | +0.1000 |" in text
+    # Every position: the general mean of six; layer 3's ratio is missing (it hurt the domain).
+    assert "| every position | | | | +0.0250 | — |" in text
+    assert "| layer | general effect | domain effect | measured ratio | mask-out score |" in text
