@@ -46,6 +46,10 @@ from adept_components.importance.layer_importance import tied_ranks
 
 FORMAT = "adept-interference-validation-v1"
 PREDICTORS = ("mask-out", "grad-cumulative", "rank", "interference")
+# A data-free reference beside the probes: the layer's depth, shallower scoring higher, so its
+# k lowest are the k deepest layers. A probe that predicts forgetting no better than depth
+# alone has not earned its cost.
+DEPTH = "depth (deepest k)"
 # Documents per held-out set in the copy-skip evaluations: every copy of a run is measured on
 # the same documents, so its effect is a paired difference; fewer than the benchmark's own.
 SAMPLES = {"general": 32, "domain": 64}
@@ -173,13 +177,26 @@ def bootstrap_spearman(x: list[float], y: list[float], samples: int = 2000,
     return spearman(x, y), values[int(0.025 * samples)], values[int(0.975 * samples) - 1]
 
 
+def _layer_scores(record: dict[str, Any], predictor: str) -> list[float]:
+    """A predictor's score per base layer: the profile's, or minus the index for ``DEPTH``."""
+    if predictor == DEPTH:
+        return [-float(i) for i in range(len(record["stage1"]["layer_scores"]["mask-out"]))]
+    return record["stage1"]["layer_scores"][predictor]
+
+
+def _selected(record: dict[str, Any], predictor: str) -> list[int]:
+    """The k layers a predictor copies (its k lowest scores)."""
+    k = len(record["stage1"]["selected"]["mask-out"])
+    return _lowest(_layer_scores(record, predictor), k)
+
+
 def correlations(record: dict[str, Any]) -> dict[str, dict[str, list[float]]]:
     """Predictor -> measured quantity -> [rho, low, high] across the measured copies."""
     effects = {int(s): e for run in record["runs"].values() for s, e in run["effects"].items()}
     sources = sorted(effects)
     out: dict[str, dict[str, list[float]]] = {}
-    for predictor in PREDICTORS:
-        scores = record["stage1"]["layer_scores"][predictor]
+    for predictor in (*PREDICTORS, DEPTH):
+        scores = _layer_scores(record, predictor)
         out[predictor] = {}
         for measured in ("general_effect", "interference"):
             pairs = [(scores[s], effects[s][measured]) for s in sources
@@ -241,7 +258,7 @@ def write_report(record: dict[str, Any], path: Path) -> None:
             "{:+.2f} [{:+.2f}, {:+.2f}]".format(*measured[m]) if m in measured else "—"
             for m in ("general_effect", "interference")
         ]
-        picked = stage1["selected"][predictor]
+        picked = stage1["selected"].get(predictor) or _selected(record, predictor)
         lines.append(
             f"| {predictor} | {cells[0]} | {cells[1]} | {picked} | "
             f"{_mean_of(effects, picked, 'general_effect')} | "
@@ -286,7 +303,12 @@ def main(argv: list[str] | None = None) -> int:
     out_dir = common.results_dir(args.quick)
     json_path = out_dir / f"{args.stem}.json"
     record = json.loads(json_path.read_text()) if json_path.is_file() else {}
-    if args.report_only:
+    if args.report_only:  # the correlations are derived: recomputed with the current code
+        if "correlations" in record:
+            record["correlations"] = correlations(record)
+            tmp = json_path.with_suffix(".json.tmp")
+            tmp.write_text(json.dumps(record, indent=1))
+            tmp.replace(json_path)
         write_report(record, out_dir / f"{args.stem}.md")
         return 0
     if args.model == "tiny":

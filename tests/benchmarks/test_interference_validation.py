@@ -100,6 +100,8 @@ def test_the_report_gives_each_predictors_k_copies_their_measured_effects(tmp_pa
     # rank's are 0 and 4: general (0.05 + 0.04) / 2, ratios 0.05 / 0.10 and 0.04 / 0.08.
     assert "| rank | -1.00 [-1.00, -1.00] |" in text and "| [0, 4] | +0.0450 | +0.5000 |" in text
     assert "| measured (best k) | | | [1, 5] | +0.0050 | +0.1000 |" in text
+    # The data-free reference copies the two deepest layers: 4 and 5, ratios 0.5 and 0.
+    assert f"| {validation.DEPTH} |" in text and "| [4, 5] | +0.0200 | +0.2500 |" in text
     # Every position: the general mean of six; layer 3's ratio is missing (it hurt the domain).
     assert "| every position | | | | +0.0250 | — |" in text
     assert "| layer | general effect | domain effect | measured ratio | mask-out score |" in text
