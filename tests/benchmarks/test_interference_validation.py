@@ -22,6 +22,16 @@ def test_spearman_with_ties_and_its_interval() -> None:
     assert rho == low == high == pytest.approx(1.0)  # monotone: every resample agrees
 
 
+def test_the_difference_of_two_correlations_is_paired() -> None:
+    x = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8]
+    y = [v**3 for v in x]
+    # The same predictor twice: every resample gives exactly zero.
+    assert validation.bootstrap_spearman_difference(x, x, y) == (0.0, 0.0, 0.0)
+    # Perfect against reversed: +1 - (-1) on the data and on every resample with two values.
+    diff, low, high = validation.bootstrap_spearman_difference(x, [-v for v in x], y)
+    assert diff == pytest.approx(2.0) and high == pytest.approx(2.0) and low <= high
+
+
 def test_a_copys_effects_are_paired_differences() -> None:
     def docs(loss: float) -> list[list[float]]:
         return [[loss * 10, 10], [loss * 30, 30]]
@@ -102,6 +112,9 @@ def test_the_report_gives_each_predictors_k_copies_their_measured_effects(tmp_pa
     assert "| measured (best k) | | | [1, 5] | +0.0050 | +0.1000 |" in text
     # The data-free reference copies the two deepest layers: 4 and 5, ratios 0.5 and 0.
     assert f"| {validation.DEPTH} |" in text and "| [4, 5] | +0.0200 | +0.2500 |" in text
+    # Against mask-out (rho +1): rank's rho is -1, so its difference is -2 on every resample
+    # where the general effects differ.
+    assert "| rank | -2.00 [" in text and "| interference | +0.00 [+0.00, +0.00] |" in text
     # Every position: the general mean of six; layer 3's ratio is missing (it hurt the domain).
     assert "| every position | | | | +0.0250 | — |" in text
     assert "| layer | general effect | domain effect | measured ratio | mask-out score |" in text
