@@ -164,17 +164,25 @@ def spearman(x: list[float], y: list[float]) -> float:
     return cov / (vx * vy) ** 0.5 if vx > 0 and vy > 0 else 0.0
 
 
+def _bootstrap(stat: Any, n: int, samples: int, seed: int) -> tuple[float, float]:
+    """Percentile 95% interval of ``stat(pick)`` over resamples of ``n`` positions."""
+    rng = random.Random(seed)
+    values = sorted(stat([rng.randrange(n) for _ in range(n)]) for _ in range(samples))
+    return values[int(0.025 * samples)], values[int(0.975 * samples) - 1]
+
+
 def bootstrap_spearman(x: list[float], y: list[float], samples: int = 2000,
                        seed: int = 0) -> tuple[float, float, float]:  # fmt: skip
     """Spearman's rho and a percentile 95% interval, resampling positions."""
-    rng = random.Random(seed)
-    n = len(x)
-    values = []
-    for _ in range(samples):
-        pick = [rng.randrange(n) for _ in range(n)]
-        values.append(spearman([x[i] for i in pick], [y[i] for i in pick]))
-    values.sort()
-    return spearman(x, y), values[int(0.025 * samples)], values[int(0.975 * samples) - 1]
+    low, high = _bootstrap(
+        lambda pick: spearman([x[i] for i in pick], [y[i] for i in pick]), len(x), samples, seed
+    )
+    return spearman(x, y), low, high
+
+
+def _effects(record: dict[str, Any]) -> dict[int, dict[str, Any]]:
+    """Source layer -> its copy's measured effects, over both runs."""
+    return {int(s): e for run in record["runs"].values() for s, e in run["effects"].items()}
 
 
 def _layer_scores(record: dict[str, Any], predictor: str) -> list[float]:
@@ -198,21 +206,18 @@ def bootstrap_spearman_difference(a: list[float], b: list[float], y: list[float]
     Both predictors are scored on the same resampled positions, so the interval is that of the
     difference itself, narrower than two separate intervals suggest.
     """
-    rng = random.Random(seed)
-    n = len(y)
-    values = []
-    for _ in range(samples):
-        pick = [rng.randrange(n) for _ in range(n)]
+
+    def stat(pick: list[int]) -> float:
         ys = [y[i] for i in pick]
-        values.append(spearman([a[i] for i in pick], ys) - spearman([b[i] for i in pick], ys))
-    values.sort()
-    point = spearman(a, y) - spearman(b, y)
-    return point, values[int(0.025 * samples)], values[int(0.975 * samples) - 1]
+        return spearman([a[i] for i in pick], ys) - spearman([b[i] for i in pick], ys)
+
+    low, high = _bootstrap(stat, len(y), samples, seed)
+    return spearman(a, y) - spearman(b, y), low, high
 
 
 def differences(record: dict[str, Any], against: str = "mask-out") -> dict[str, list[float]]:
     """Predictor -> [difference, low, high] of its rho with the general effect minus ``against``'s."""
-    effects = {int(s): e for run in record["runs"].values() for s, e in run["effects"].items()}
+    effects = _effects(record)
     sources = sorted(effects)
     general = [effects[s]["general_effect"] for s in sources]
     base = [_layer_scores(record, against)[s] for s in sources]
@@ -225,7 +230,7 @@ def differences(record: dict[str, Any], against: str = "mask-out") -> dict[str, 
 
 def correlations(record: dict[str, Any]) -> dict[str, dict[str, list[float]]]:
     """Predictor -> measured quantity -> [rho, low, high] across the measured copies."""
-    effects = {int(s): e for run in record["runs"].values() for s, e in run["effects"].items()}
+    effects = _effects(record)
     sources = sorted(effects)
     out: dict[str, dict[str, list[float]]] = {}
     for predictor in (*PREDICTORS, DEPTH):
@@ -285,29 +290,26 @@ def write_report(record: dict[str, Any], path: Path) -> None:
         "| their general effect | their ratio |",
         "|---|---|---|---|---|---|",
     ]
-    effects = {int(s): e for run in record["runs"].values() for s, e in run["effects"].items()}
+    effects = _effects(record)
     for predictor, measured in record.get("correlations", {}).items():
         cells = [
             "{:+.2f} [{:+.2f}, {:+.2f}]".format(*measured[m]) if m in measured else "—"
             for m in ("general_effect", "interference")
         ]
-        picked = stage1["selected"].get(predictor) or _selected(record, predictor)
+        picked = _selected(record, predictor)
         lines.append(
             f"| {predictor} | {cells[0]} | {cells[1]} | {picked} | "
             f"{_mean_of(effects, picked, 'general_effect')} | "
             f"{_mean_of(effects, picked, 'interference')} |"
         )
     if record.get("correlations"):
-        k = len(next(iter(stage1["selected"].values())))
+        k = len(stage1["selected"]["mask-out"])
         best = sorted(sorted(effects, key=lambda s: (effects[s]["general_effect"], s))[:k])
         lines += [
             f"| measured (best k) | | | {best} | {_mean_of(effects, best, 'general_effect')} | "
             f"{_mean_of(effects, best, 'interference')} |",
             f"| every position | | | | {_mean_of(effects, sorted(effects), 'general_effect')} | "
             f"{_mean_of(effects, sorted(effects), 'interference')} |",
-        ]
-    if record.get("correlations"):
-        lines += [
             "",
             "Against mask-out, paired (the same resampled positions): each score's rho with the",
             "general effect minus mask-out's, with its 95% interval.",
